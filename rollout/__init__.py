@@ -1,0 +1,4 @@
+"""Data and environment: intent generator, tokenizer, rule-based baseline, gym env.
+
+May import ``validator_actors``; never ``learner``, ``cluster`` or ``serve``.
+"""

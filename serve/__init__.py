@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the compressor and the TinyVAE encoder over HTTP."""

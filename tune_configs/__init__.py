@@ -1,0 +1,1 @@
+"""User-facing YAML presets and Ray Tune sweep files (loaded strictly)."""
