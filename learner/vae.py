@@ -1,0 +1,184 @@
+"""TinyVAE: a 64x64 RGB crop (12,288 values) to a 64-d latent (192x fewer values) and back.
+
+Follows:
+- Kingma & Welling, "Auto-Encoding Variational Bayes" (2014): Gaussian posterior
+  q(z|x) = N(mu, sigma^2), the reparameterisation trick, loss = reconstruction + beta * KL
+  (beta-VAE weighting, Higgins et al. 2017, with beta = 0.1 by default);
+- Howard et al., "MobileNets" (2017): depthwise-separable convolutions (a per-channel 3x3
+  conv, then a 1x1 conv mixing channels). As in MobileNet, the stem that reads the 3 colour
+  channels is a full 3x3 conv: a depthwise conv over 3 channels sees too little;
+- Wu & He, "Group Normalization" (2018): GroupNorm, so a batch of one behaves like any other.
+
+Encoder: 3 -> 16 -> 32 -> 64 channels, stride 2 each (64 -> 32 -> 16 -> 8 pixels), then
+linear heads to mu and log sigma^2. The decoder mirrors it with transposed convs and ends in
+a sigmoid, so pixels are in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Shape and loss of a TinyVAE. Stored next to every checkpoint as JSON."""
+
+    image_size: int = 64
+    """Side of the square RGB input, in pixels; must be divisible by 2**len(widths)."""
+    widths: tuple[int, ...] = (16, 32, 64)
+    """Channels after each stride-2 stage of the encoder (the decoder mirrors them)."""
+    latent_dim: int = 64
+    """Size of the latent z (64 -> a 192x reduction of a 64x64x3 crop)."""
+    extra_blocks: int = 0
+    """Stride-1 residual depthwise-separable blocks added after each stage (0 = the plain design)."""
+    groups: int = 8
+    """GroupNorm groups; must divide every width."""
+    beta: float = 0.1
+    """Weight of the KL term (beta-VAE); 0 makes a plain autoencoder."""
+    ssim_weight: float = 0.0
+    """Weight of an extra (1 - SSIM) term, scaled by the pixel count like the squared error."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.widths:
+            raise ValueError("widths must name at least one stage, e.g. (16, 32, 64)")
+        if self.image_size % (2 ** len(self.widths)):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2**{len(self.widths)} "
+                             f"(one halving per width in {self.widths})")
+        bad = [w for w in self.widths if w % self.groups]
+        if bad:
+            raise ValueError(f"groups={self.groups} must divide every width; it does not divide {bad}")
+        if self.latent_dim < 1 or self.extra_blocks < 0:
+            raise ValueError(f"latent_dim must be >= 1 and extra_blocks >= 0, got "
+                             f"{self.latent_dim}, {self.extra_blocks}")
+        if self.beta < 0 or self.ssim_weight < 0:
+            raise ValueError(f"beta and ssim_weight must be >= 0, got {self.beta}, {self.ssim_weight}")
+
+    @property
+    def map_size(self) -> int:
+        """Side of the encoder's last feature map (8 for 64 px and three stages)."""
+        return self.image_size // 2 ** len(self.widths)
+
+    @property
+    def flat_dim(self) -> int:
+        """Values in the last feature map, the input of the latent heads."""
+        return self.widths[-1] * self.map_size ** 2
+
+    @property
+    def input_dim(self) -> int:
+        return 3 * self.image_size ** 2
+
+
+def _norm_act(cfg: VAEConfig, c: int) -> list[nn.Module]:
+    return [nn.GroupNorm(cfg.groups, c), nn.ReLU(inplace=True)]
+
+
+class SepBlock(nn.Module):
+    """Depthwise 3x3 (stride 1 or 2) -> pointwise 1x1 -> GroupNorm -> ReLU; residual at stride 1."""
+
+    def __init__(self, cfg: VAEConfig, c_in: int, c_out: int, stride: int, up: bool = False):
+        super().__init__()
+        if up:  # the decoder's mirror: a depthwise transposed conv doubles the side
+            dw = nn.ConvTranspose2d(c_in, c_in, 4, 2, 1, groups=c_in, bias=False)
+        else:
+            dw = nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False)
+        self.body = nn.Sequential(dw, nn.Conv2d(c_in, c_out, 1, bias=False), *_norm_act(cfg, c_out))
+        self.residual = stride == 1 and not up and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        w = cfg.widths
+        layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, 2, 1, bias=False), *_norm_act(cfg, w[0])]
+        layers += [SepBlock(cfg, w[0], w[0], 1) for _ in range(cfg.extra_blocks)]
+        for c_in, c_out in zip(w[:-1], w[1:]):
+            layers.append(SepBlock(cfg, c_in, c_out, 2))
+            layers += [SepBlock(cfg, c_out, c_out, 1) for _ in range(cfg.extra_blocks)]
+        self.features = nn.Sequential(*layers)
+        self.mu = nn.Linear(cfg.flat_dim, cfg.latent_dim)
+        self.logvar = nn.Linear(cfg.flat_dim, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x).flatten(1)  # (B, C*S*S)
+        return self.mu(h), self.logvar(h)  # (B, Z), (B, Z)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.widths[::-1]
+        self.fc = nn.Linear(cfg.latent_dim, cfg.flat_dim)
+        layers: list[nn.Module] = [*_norm_act(cfg, w[0])]
+        for c_in, c_out in zip(w[:-1], w[1:]):
+            layers += [SepBlock(cfg, c_in, c_in, 1) for _ in range(cfg.extra_blocks)]
+            layers.append(SepBlock(cfg, c_in, c_out, 2, up=True))
+        layers += [SepBlock(cfg, w[-1], w[-1], 1) for _ in range(cfg.extra_blocks)]
+        layers.append(nn.ConvTranspose2d(w[-1], 3, 4, 2, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.map_size
+        h = self.fc(z).view(-1, self.cfg.widths[-1], s, s)  # (B, C, S, S)
+        return torch.sigmoid(self.net(h))  # (B, 3, H, W) in [0, 1]
+
+
+class TinyVAE(nn.Module):
+    """``encode`` -> (mu, logvar); ``decode`` -> pixels; ``forward`` samples z during training."""
+
+    def __init__(self, cfg: VAEConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or VAEConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: (B, 3, H, W) in [0, 1] -> mu, logvar: (B, Z)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z``: (B, Z) -> (B, 3, H, W) in [0, 1]."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)  # (B, Z)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return self.decode(z), mu, logvar
+
+
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per latent dimension: (B, Z) -> (B, Z), in nats."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def vae_loss(cfg: VAEConfig, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+             logvar: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-crop sums averaged over the batch: squared error + beta * KL (+ SSIM term).
+
+    ``x``, ``recon``: (B, 3, H, W) in [0, 1]; ``mu``, ``logvar``: (B, Z).
+    Returns ``loss`` (what is minimised), ``recon`` (summed squared error per crop),
+    ``kl`` (nats per crop) and ``mse`` (per pixel value).
+    """
+    sq = (recon - x).pow(2).flatten(1).sum(1)  # (B,)
+    kl = kl_per_dim(mu, logvar).sum(1)  # (B,)
+    loss = sq + cfg.beta * kl
+    if cfg.ssim_weight > 0:
+        from pytorch_msssim import ssim
+
+        s = ssim(recon, x, data_range=1.0, size_average=False)  # (B,)
+        loss = loss + cfg.ssim_weight * cfg.input_dim * (1.0 - s)
+    return {"loss": loss.mean(), "recon": sq.mean(), "kl": kl.mean(),
+            "mse": sq.mean() / cfg.input_dim}

@@ -1,0 +1,153 @@
+"""Training and checkpoints for TinyVAE (Kingma & Welling 2014, beta-VAE weighting).
+
+The loop reads like CleanRL: sample a batch -> loss -> update -> log, one short function
+each. A checkpoint is a folder: ``model.safetensors`` (weights), ``config.json`` (the
+``VAEConfig``, the ``TrainConfig``, the trust calibration and the model version) and
+``log.jsonl`` (one line per logged step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.vae import TinyVAE, VAEConfig, vae_loss
+
+MODEL_NAME = "tinyvae"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a TinyVAE is trained. Stored in the checkpoint's ``config.json``."""
+
+    steps: int = 6000
+    """Optimizer steps."""
+    batch_size: int = 128
+    """Crops per step."""
+    lr: float = 2e-3
+    """Peak Adam learning rate (linear warm-up, then cosine decay to 5% of it)."""
+    warmup: int = 200
+    """Warm-up steps."""
+    seed: int = 0
+    """Seed for initialisation, batch order, flips and the latent noise."""
+    threads: int = 2
+    """torch CPU threads."""
+    log_every: int = 100
+    """Steps between log lines."""
+    time_limit_s: float = 0.0
+    """Stop early after this many seconds of training (0 = no limit)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.warmup < 0 or self.log_every < 1 or self.threads < 1 or self.time_limit_s < 0:
+            raise ValueError("warmup and time_limit_s must be >= 0; log_every and threads >= 1")
+
+
+def to_tensor(crops: np.ndarray) -> torch.Tensor:
+    """uint8 crops (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def lr_at(tcfg: TrainConfig, step: int) -> float:
+    if step < tcfg.warmup:
+        return tcfg.lr * (step + 1) / tcfg.warmup
+    t = (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup)
+    return tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def sample_batch(data: torch.Tensor, tcfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """A random batch (B, 3, H, W) with random horizontal flips."""
+    idx = torch.randint(len(data), (tcfg.batch_size,), generator=gen)
+    x = data[idx]
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def train_step(model: TinyVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
+    """One update on batch ``x`` (B, 3, H, W); returns the loss terms before the update."""
+    model.train()
+    recon, mu, logvar = model(x)
+    terms = vae_loss(model.cfg, x, recon, mu, logvar)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray,
+          log=print) -> tuple[TinyVAE, list[dict]]:
+    """Train a fresh TinyVAE on uint8 crops (N, H, W, 3); return it and its log rows."""
+    torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    model = TinyVAE(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    data = to_tensor(train_crops)  # (N, 3, H, W)
+    rows, start = [], time.perf_counter()
+    for step in range(tcfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(tcfg, step)
+        terms = train_step(model, opt, sample_batch(data, tcfg, gen))
+        elapsed = time.perf_counter() - start
+        last = step == tcfg.steps - 1 or (tcfg.time_limit_s and elapsed > tcfg.time_limit_s)
+        if step % tcfg.log_every == 0 or last:
+            rows.append({"step": step, "lr": lr_at(tcfg, step), "elapsed_s": round(elapsed, 1), **terms})
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
+        if last:
+            break
+    model.eval()
+    return model, rows
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out: Path, model: TinyVAE, tcfg: TrainConfig | None = None,
+                    extra: dict | None = None, rows: list[dict] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``log.jsonl``) into folder ``out``."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()[:12]
+    config = {"model": MODEL_NAME, "version": digest, "vae": dataclasses.asdict(model.cfg),
+              "train": dataclasses.asdict(tcfg) if tcfg else None, **(extra or {})}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if rows is not None:
+        (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def load_checkpoint(path: Path) -> tuple[TinyVAE, dict]:
+    """The model (in eval mode) and the parsed ``config.json`` of a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with `tinycompress vae train --out {path}`")
+    config = json.loads((path / "config.json").read_text())
+    model = TinyVAE(VAEConfig(**config["vae"]))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    return model.eval(), config
+
+
+def update_config(path: Path, **sections) -> None:
+    """Add or replace top-level sections of a checkpoint's ``config.json``."""
+    cfg_path = Path(path) / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config.update(sections)
+    cfg_path.write_text(json.dumps(config, indent=2) + "\n")
