@@ -299,7 +299,7 @@ class IntentGenerator:
             core_passive=self.core(clauses, alias, True) if passive else "", ctx=ctx, run=run,
             why=why, Why=why[0].upper() + why[1:], thx=thx,
         )
-        if "why}" not in frame:
+        if "{why}" not in frame and "{Why}" not in frame:
             text += f" {why[0].upper() + why[1:]}."
         if rng.random() < 0.6:
             text += " " + rng.choice(MORE)

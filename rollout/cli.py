@@ -1,0 +1,48 @@
+"""``tinycompress data`` and ``tinycompress baseline``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _data(args: argparse.Namespace) -> int:
+    from rollout.dataset import build_dataset
+
+    stats = build_dataset(args.out, n=args.n, seed=args.seed, vocab_size=args.vocab_size,
+                          progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+    summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
+               | {"intent_tokens_mean": s["intent_tokens"]["mean"],
+                  "program_tokens_mean": s["program_tokens"]["mean"]}
+               for split, s in stats["splits"].items()}
+    print(json.dumps({"out": str(args.out), "splits": summary, "corrupt": stats["corrupt"]["count"]}, indent=2))
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from rollout.baseline import RuleBasedCompressor, evaluate_compressor
+    from rollout.dataset import read_split
+    from rollout.tokenizer import count_tokens, load_bpe
+
+    rows = read_split(args.data, args.split).to_pylist()
+    if args.limit:
+        rows = rows[: args.limit]
+    tok = load_bpe(f"{args.data}/tokenizer")
+    result = evaluate_compressor(RuleBasedCompressor().compress, rows, lambda t: count_tokens(tok, t))
+    print(json.dumps({"compressor": "rule-based", "split": args.split} | result, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generate the intent dataset, corrupt set, tokenizer and stats")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=10000, help="intents in train+val+test (80/10/10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
+    p.set_defaults(func=_data)
+    p = sub.add_parser("baseline", help="score the rule-based compressor on a split")
+    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "heldout"])
+    p.add_argument("--limit", type=int, default=0, help="score only the first N rows (0 = all)")
+    p.set_defaults(func=_baseline)
