@@ -73,36 +73,42 @@ class VAEConfig:
         return 3 * self.image_size ** 2
 
 
-def _norm_act(cfg: VAEConfig, c: int) -> list[nn.Module]:
-    return [nn.GroupNorm(cfg.groups, c), nn.ReLU(inplace=True)]
-
-
 class SepBlock(nn.Module):
-    """Depthwise 3x3 (stride 1 or 2) -> pointwise 1x1 -> GroupNorm -> ReLU; residual at stride 1."""
+    """Pre-norm residual depthwise-separable block: x -> shortcut(x) + PW(DW(ReLU(GN(x)))).
 
-    def __init__(self, cfg: VAEConfig, c_in: int, c_out: int, stride: int, up: bool = False):
+    ``mode`` is ``same`` (3x3 depthwise), ``down`` (3x3 depthwise, stride 2; shortcut = 2x2
+    average pool + 1x1 conv) or ``up`` (the mirror: a 2x2 stride-2 transposed conv, which
+    mixes channels, then a 3x3 depthwise conv; shortcut = nearest upsampling + 1x1 conv). The norm sits on the branch only (He et al. 2016,
+    "Identity Mappings in Deep Residual Networks"), so the stream keeps each crop's absolute
+    brightness and contrast, which a per-sample GroupNorm on the main path would erase.
+    """
+
+    def __init__(self, cfg: VAEConfig, c_in: int, c_out: int, mode: str = "same"):
         super().__init__()
-        if up:  # the decoder's mirror: a depthwise transposed conv doubles the side
-            dw = nn.ConvTranspose2d(c_in, c_in, 4, 2, 1, groups=c_in, bias=False)
+        if mode == "up":  # 2x2 stride-2 transposed conv (a per-pixel matmul), then depthwise 3x3
+            convs = [nn.ConvTranspose2d(c_in, c_out, 2, 2, bias=False),
+                     nn.Conv2d(c_out, c_out, 3, 1, 1, groups=c_out)]
         else:
-            dw = nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False)
-        self.body = nn.Sequential(dw, nn.Conv2d(c_in, c_out, 1, bias=False), *_norm_act(cfg, c_out))
-        self.residual = stride == 1 and not up and c_in == c_out
+            convs = [nn.Conv2d(c_in, c_in, 3, 2 if mode == "down" else 1, 1, groups=c_in, bias=False),
+                     nn.Conv2d(c_in, c_out, 1)]
+        self.branch = nn.Sequential(nn.GroupNorm(cfg.groups, c_in), nn.ReLU(), *convs)
+        resample = {"same": nn.Identity(), "down": nn.AvgPool2d(2), "up": nn.Upsample(scale_factor=2)}[mode]
+        proj = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.shortcut = nn.Sequential(resample, proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
+        return self.shortcut(x) + self.branch(x)  # (B, c_out, H', W')
 
 
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         w = cfg.widths
-        layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, 2, 1, bias=False), *_norm_act(cfg, w[0])]
-        layers += [SepBlock(cfg, w[0], w[0], 1) for _ in range(cfg.extra_blocks)]
+        layers: list[nn.Module] = [nn.Conv2d(3, w[0], 3, 2, 1)]  # full-conv stem, as in MobileNet
+        layers += [SepBlock(cfg, w[0], w[0]) for _ in range(cfg.extra_blocks)]
         for c_in, c_out in zip(w[:-1], w[1:]):
-            layers.append(SepBlock(cfg, c_in, c_out, 2))
-            layers += [SepBlock(cfg, c_out, c_out, 1) for _ in range(cfg.extra_blocks)]
+            layers.append(SepBlock(cfg, c_in, c_out, "down"))
+            layers += [SepBlock(cfg, c_out, c_out) for _ in range(cfg.extra_blocks)]
         self.features = nn.Sequential(*layers)
         self.mu = nn.Linear(cfg.flat_dim, cfg.latent_dim)
         self.logvar = nn.Linear(cfg.flat_dim, cfg.latent_dim)
@@ -118,12 +124,12 @@ class Decoder(nn.Module):
         self.cfg = cfg
         w = cfg.widths[::-1]
         self.fc = nn.Linear(cfg.latent_dim, cfg.flat_dim)
-        layers: list[nn.Module] = [*_norm_act(cfg, w[0])]
+        layers: list[nn.Module] = []
         for c_in, c_out in zip(w[:-1], w[1:]):
-            layers += [SepBlock(cfg, c_in, c_in, 1) for _ in range(cfg.extra_blocks)]
-            layers.append(SepBlock(cfg, c_in, c_out, 2, up=True))
-        layers += [SepBlock(cfg, w[-1], w[-1], 1) for _ in range(cfg.extra_blocks)]
-        layers.append(nn.ConvTranspose2d(w[-1], 3, 4, 2, 1))
+            layers += [SepBlock(cfg, c_in, c_in) for _ in range(cfg.extra_blocks)]
+            layers.append(SepBlock(cfg, c_in, c_out, "up"))
+        layers += [SepBlock(cfg, w[-1], w[-1]) for _ in range(cfg.extra_blocks)]
+        layers.append(nn.ConvTranspose2d(w[-1], 3, 4, 2, 1))  # mirror of the stem
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

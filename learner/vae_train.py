@@ -151,3 +151,28 @@ def update_config(path: Path, **sections) -> None:
     config = json.loads(cfg_path.read_text())
     config.update(sections)
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def finish_checkpoint(out: Path, model: TinyVAE, tcfg: TrainConfig, vq_cfg, train_crops: np.ndarray,
+                      rows: list[dict], data: dict | None = None, max_fit: int = 20000) -> Path:
+    """Calibrate trust, fit the VQ dictionary by k-means and export the int8 encoder; save all.
+
+    Writes ``model.safetensors``, ``config.json`` (with ``trust`` and ``vq`` sections),
+    ``vq.safetensors``, ``encoder_int8.safetensors`` and ``log.jsonl`` into ``out``.
+    """
+    from safetensors.torch import save_file
+
+    from learner.vae_int8 import export_int8
+    from learner.vae_trust import calibrate, error_and_kl
+    from learner.vae_vq import VectorQuantizer
+
+    idx = np.linspace(0, len(train_crops) - 1, min(max_fit, len(train_crops))).astype(int)
+    x = to_tensor(train_crops[idx])  # (N, 3, H, W)
+    calib = calibrate(model, x)
+    mu = error_and_kl(model, x)[0]  # (N, Z)
+    vq = VectorQuantizer(vq_cfg, model.cfg.latent_dim).fit_kmeans(mu, seed=tcfg.seed)
+    extra = {"trust": dataclasses.asdict(calib), "vq": dataclasses.asdict(vq_cfg), "data": data}
+    save_checkpoint(out, model, tcfg, extra, rows)
+    save_file({"codebook": vq.codebook.detach().contiguous()}, str(Path(out) / "vq.safetensors"))
+    export_int8(model.encoder, Path(out) / "encoder_int8.safetensors")
+    return Path(out)

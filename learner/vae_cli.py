@@ -1,0 +1,122 @@
+"""``tinycompress vae {data,train,eval}``: build the crop set, train TinyVAE, measure it.
+
+torch is imported inside the command bodies so that ``tinycompress --help`` stays quick.
+Each command has a ``--smoke`` mode (tiny data from scikit-image, a few steps) for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("vae", help="TinyVAE: 64x64 crop -> 64-d latent (data, train, eval)")
+    sub = p.add_subparsers(dest="vae_command", required=True, metavar="STEP")
+
+    d = sub.add_parser("data", help="cut 64x64 crops from offline photographs")
+    d.add_argument("--out", type=Path, required=True, help="folder for crops.npz + manifest.json")
+    d.add_argument("--crops-per-source", type=int, default=300)
+    d.add_argument("--test-fraction", type=float, default=0.15)
+    d.add_argument("--view-pairs", type=int, default=512)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-apt", action="store_true", help="scikit-image photographs only")
+    d.add_argument("--cache", type=Path, default=Path("data/apt_cache"),
+                   help="where the Debian image packages are downloaded and unpacked")
+    d.add_argument("--smoke", action="store_true", help="scikit-image only, 16 crops per source")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a TinyVAE, calibrate trust, fit the VQ dictionary")
+    t.add_argument("--data", type=Path, required=True, help="crop set from `vae data`")
+    t.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds")
+    t.add_argument("--beta", type=float, default=0.1)
+    t.add_argument("--ssim-weight", type=float, default=0.0)
+    t.add_argument("--extra-blocks", type=int, default=0)
+    t.add_argument("--widths", default="16,32,64", help="comma-separated encoder widths")
+    t.add_argument("--latent-dim", type=int, default=64)
+    t.add_argument("--vq-codes", type=int, default=512)
+    t.add_argument("--vq-group-dim", type=int, default=8, help="latent values per token")
+    t.add_argument("--smoke", action="store_true", help="20 steps of batch 16")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="TinyVAE vs PCA vs JPEG, trust, cross-view, VQ and int8 costs")
+    e.add_argument("--checkpoint", type=Path, required=True)
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--report", type=Path, default=None, help="JSON report (default CKPT/eval.json)")
+    e.add_argument("--grid", type=Path, default=None, help="picture grid PNG (default CKPT/grid.png)")
+    e.add_argument("--cross-view-plot", type=Path, default=None,
+                   help="histogram PNG (default CKPT/cross_view.png)")
+    e.add_argument("--max-test", type=int, default=0, help="evaluate on this many test crops (0 = all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--smoke", action="store_true", help="at most 64 test crops")
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rollout.images import CropSetConfig, build_crop_set, gather_sources, save_crop_set
+
+    cfg = CropSetConfig(crops_per_source=16 if args.smoke else args.crops_per_source,
+                        test_fraction=args.test_fraction, seed=args.seed,
+                        view_pairs=32 if args.smoke else args.view_pairs)
+    sources = gather_sources(use_apt=not (args.no_apt or args.smoke), cache=args.cache)
+    arrays, manifest = build_crop_set(sources, cfg)
+    save_crop_set(args.out, arrays, manifest)
+    print(f"{len(sources)} sources -> {manifest['counts']} crops, "
+          f"{len(arrays['views_a'])} view pairs -> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from learner.vae import VAEConfig, num_params
+    from learner.vae_train import TrainConfig, finish_checkpoint, train
+    from learner.vae_vq import VQConfig
+    from rollout.images import load_crop_set
+
+    cfg = VAEConfig(widths=tuple(int(w) for w in args.widths.split(",")), latent_dim=args.latent_dim,
+                    extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight)
+    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       threads=args.threads, time_limit_s=args.time_limit)
+    if args.smoke:
+        tcfg = dataclasses.replace(tcfg, steps=20, batch_size=16, warmup=5, log_every=5)
+    vq_cfg = VQConfig(num_codes=args.vq_codes, group_dim=args.vq_group_dim)
+    arrays, manifest = load_crop_set(args.data)
+    from learner.vae import TinyVAE
+
+    print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}")
+    model, rows = train(cfg, tcfg, arrays["train_crops"])
+    finish_checkpoint(args.out, model, tcfg, vq_cfg, arrays["train_crops"], rows,
+                      data={"path": str(args.data), "counts": manifest["counts"]})
+    print(f"checkpoint -> {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from learner.vae_report import evaluate, save_cross_view_plot
+    from rollout.images import load_crop_set
+
+    arrays, _ = load_crop_set(args.data)
+    grid = args.grid or args.checkpoint / "grid.png"
+    report = evaluate(args.checkpoint, arrays, max_test=64 if args.smoke else args.max_test,
+                      grid=grid, seed=args.seed)
+    cv = report["cross_view"]
+    if cv:
+        save_cross_view_plot(args.cross_view_plot or args.checkpoint / "cross_view.png",
+                             cv.pop("_same"), cv.pop("_different"), cv["auc"])
+        print(f"cross-view: same {cv['same']['mean']:.3f}, different {cv['different']['mean']:.3f}, "
+              f"AUC {cv['auc']:.3f}")
+    out = args.report or args.checkpoint / "eval.json"
+    out.write_text(json.dumps(report, indent=2, default=lambda o: o.tolist()
+                              if isinstance(o, np.ndarray) else str(o)) + "\n")
+    print(f"report -> {out}")
+    return 0
