@@ -281,6 +281,8 @@ def normalize_output(path: str, cb: Codebook) -> str:
         path = cb.default_durable_root + path
     absolute = path.startswith("/")
     parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts and not absolute:  # './' is the repository root, not the absolute '/'
+        return "./"
     return ("/" if absolute else "") + "/".join(parts) + "/"
 
 
