@@ -91,13 +91,25 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.cosine_similarity(a, b, dim=1).numpy()
 
 
+def average_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks; tied values share their average rank."""
+    order = v.argsort(kind="mergesort")
+    _, first, counts = np.unique(v[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(v))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(pos > neg) + P(tie) / 2 (the Mann-Whitney AUC), by ranks."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([pos, neg]))  # ties get their average rank
+    ranks = average_ranks(np.concatenate([pos, neg]))
     u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks)."""
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -123,8 +123,6 @@ def _per_source(arrays, max_test, per_crop, n) -> dict:
 
 
 def _trust(model, config, x, psnr) -> dict:
-    from scipy.stats import spearmanr
-
     calib = TrustCalibration(**config["trust"])
     _, mse, kl = error_and_kl(model, x)
     t = trust_score(mse, kl, calib).numpy()
@@ -132,7 +130,7 @@ def _trust(model, config, x, psnr) -> dict:
     _, mse_n, kl_n = error_and_kl(model, noisy)
     t_noisy = trust_score(mse_n, kl_n, calib).numpy()
     return {"calibration": config["trust"], "test": ev.describe(t), "test_noisy_0.1": ev.describe(t_noisy),
-            "spearman_trust_psnr": float(spearmanr(t, psnr).statistic)}
+            "spearman_trust_psnr": ev.spearman(t, psnr)}
 
 
 def _cross_view(model, arrays, seed) -> dict:

@@ -43,7 +43,8 @@ class TrainConfig:
     log_every: int = 100
     """Steps between log lines."""
     time_limit_s: float = 0.0
-    """Stop early after this many seconds of training (0 = no limit)."""
+    """Stop after this many seconds of training (0 = no limit); the learning-rate schedule
+    then follows wall time, so a time-limited run still ends with a decayed rate."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -59,11 +60,17 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def lr_at(tcfg: TrainConfig, step: int) -> float:
+def progress(tcfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Fraction of training done: by steps, or by wall time when a time limit is set."""
+    frac = step / tcfg.steps
+    return max(frac, elapsed / tcfg.time_limit_s) if tcfg.time_limit_s else frac
+
+
+def lr_at(tcfg: TrainConfig, step: int, frac: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay (by ``frac``) to 5% of the peak."""
     if step < tcfg.warmup:
         return tcfg.lr * (step + 1) / tcfg.warmup
-    t = (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup)
-    return tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+    return tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def sample_batch(data: torch.Tensor, tcfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -97,13 +104,14 @@ def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray,
     data = to_tensor(train_crops)  # (N, 3, H, W)
     rows, start = [], time.perf_counter()
     for step in range(tcfg.steps):
+        frac = progress(tcfg, step, time.perf_counter() - start)
         for group in opt.param_groups:
-            group["lr"] = lr_at(tcfg, step)
+            group["lr"] = lr_at(tcfg, step, frac)
         terms = train_step(model, opt, sample_batch(data, tcfg, gen))
-        elapsed = time.perf_counter() - start
-        last = step == tcfg.steps - 1 or (tcfg.time_limit_s and elapsed > tcfg.time_limit_s)
+        last = step == tcfg.steps - 1 or frac >= 1.0
         if step % tcfg.log_every == 0 or last:
-            rows.append({"step": step, "lr": lr_at(tcfg, step), "elapsed_s": round(elapsed, 1), **terms})
+            rows.append({"step": step, "lr": group["lr"], "elapsed_s": round(time.perf_counter() - start, 1),
+                         **terms})
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
         if last:
             break
