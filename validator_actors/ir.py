@@ -212,7 +212,7 @@ def parse(text: str, cb: Codebook | None = None) -> Surface:
             f"the program has {len(text)} characters; the limit is {cb.max_program_chars}",
             cb.max_program_chars,
         )
-    return _Parser(text.strip(" \t"), cb).program()
+    return _Parser(text, cb).program()  # positions count from the text as given
 
 
 def _term_issues(t: Term, cb: Codebook) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "PATH_OVERLAP": (5, "two outputs overlap"),
     "HASH_MISMATCH": (6, "the expansion's hash differs from the reference's"),
     "INTERNAL_ERROR": (0, "the validator itself failed on this input"),
+    "INVALID_REFERENCE": (0, "the reference given is neither a valid program nor a sha256 hash"),
     "VALIDATOR_TIMEOUT": (0, "scoring did not finish in time, even after a retry"),
     "VALIDATOR_CRASH": (0, "the validator actor died, even after a retry"),
 }
@@ -173,11 +174,11 @@ class Validator:
 
     def reference_hash(self, reference: str) -> str:
         """A reference is a 64-hex hash or a program; a program must itself be valid."""
-        if HEX64.match(reference):
-            return reference
+        if isinstance(reference, str) and HEX64.match(reference.lower()):
+            return reference.lower()
         report = self._cached(reference)
         if not report.valid:
-            raise ValueError(f"reference program {reference!r} is invalid: {report.codes}")
+            raise ValueError(f"reference program {str(reference)[:80]!r} is invalid: {report.codes}")
         return report.hash
 
     def validate(self, program: str, reference: str | None = None) -> Report:
@@ -185,7 +186,10 @@ class Validator:
         try:
             report = self._cached(program)
             if report.valid and reference is not None:
-                expected = self.reference_hash(reference)
+                try:
+                    expected = self.reference_hash(reference)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    return failure("INVALID_REFERENCE", str(exc)[:300], self.cb.version)
                 if report.hash != expected:
                     msg = f"expansion hash {report.hash[:12]}… differs from the reference {expected[:12]}…"
                     return Report(
@@ -236,6 +240,8 @@ def score(
     counts = (token_counter or lexical_token_count)(
         [p if isinstance(p, str) else "" for p in programs]
     )
+    if len(counts) != len(programs):
+        raise ValueError(f"token_counter returned {len(counts)} counts for {len(programs)} programs")
     out = []
     for i, (program, ref, n) in enumerate(zip(programs, references, counts)):
         report = validator.validate(program, ref)
