@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "data": "rollout.cli",
     "baseline": "rollout.cli",
     "demo": "cluster.demo",
+    "sft": "learner.cli",
+    "eval": "learner.cli",
     "vae": "learner.vae_cli",
 }
 

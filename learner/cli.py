@@ -1,0 +1,50 @@
+"""``tinycompress sft`` and ``tinycompress eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from learner.config import RunConfig
+    from learner.sft import SFTTrainer
+
+    cfg = RunConfig.from_yaml(args.config)
+    if args.max_steps is not None:
+        cfg = RunConfig(model=cfg.model, sft=type(cfg.sft)(**{**cfg.sft.__dict__, "max_steps": args.max_steps}))
+    trainer = SFTTrainer(cfg, args.data, args.out, device=args.device,
+                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = trainer.fit()
+    print(json.dumps({"out": args.out, "best_step": result.best_step,
+                      "best_val_pass_rate": result.best_pass_rate, "steps": result.steps,
+                      "seconds": round(result.seconds, 1)}))
+    return 0 if result.best_step >= 0 else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from learner.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, limit=args.limit,
+                                 device=args.device, throughput_batch=args.batch)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="supervised warm start of a policy preset")
+    p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
+    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
+    p.add_argument("--out", required=True, help="checkpoint folder (the best one is kept)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--max-steps", type=int, default=None, help="override sft.max_steps")
+    p.set_defaults(func=_sft)
+    p = sub.add_parser("eval", help="evaluate a checkpoint beside the rule-based baseline")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "heldout"])
+    p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
+    p.add_argument("--batch", type=int, default=64, help="batch size for the throughput figure")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_eval)

@@ -1,0 +1,145 @@
+"""Run configuration: frozen dataclasses loaded strictly from ``tune_configs/*.yaml``.
+
+An unknown key, a wrong type or an impossible value is an error at start that names the key.
+``RunConfig.to_yaml`` writes back a file that loads to the same config (round trip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from learner.policy import PRESETS, PolicyConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "10m"
+    """Policy preset: tiny, 10m or 50m (see learner.policy.PRESETS)."""
+    d_enc: int | None = None
+    """Learned-encoding width (factorized embeddings), None for plain embeddings."""
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        self.policy  # validates d_enc against the preset's width
+
+    @property
+    def policy(self) -> PolicyConfig:
+        return PRESETS[self.preset].with_(d_enc=self.d_enc)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor as a fraction of lr."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on norms and biases)."""
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    epochs: float = 4.0
+    """Passes over the train split (fractional allowed); max_steps caps it."""
+    max_steps: int = 0
+    """Hard cap on optimizer steps (0 = no cap)."""
+    eval_every: int = 250
+    """Steps between evaluations on val."""
+    eval_samples: int = 300
+    """Val intents decoded greedily at each evaluation."""
+    patience: int = 4
+    """Stop after this many evaluations without a better val pass rate (0 = never)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 autocast where it measured faster with equal quality)."""
+    seed: int = 0
+    """Seed for init, shuffling and sampling."""
+    num_threads: int = 0
+    """CPU threads for torch (0 = every core)."""
+    max_prompt_len: int = 192
+    """Intent tokens kept (longer intents are cut)."""
+    max_new_tokens: int = 96
+    """Longest generated program at evaluation."""
+
+    def __post_init__(self):
+        checks = [
+            (self.lr > 0, "sft.lr must be > 0"),
+            (0 <= self.min_lr_ratio <= 1, "sft.min_lr_ratio must be in [0, 1]"),
+            (self.batch_size >= 1, "sft.batch_size must be >= 1"),
+            (self.epochs > 0, "sft.epochs must be > 0"),
+            (self.eval_every >= 1, "sft.eval_every must be >= 1"),
+            (self.eval_samples >= 1, "sft.eval_samples must be >= 1"),
+            (self.precision in ("auto", "bf16", "fp32"), "sft.precision must be auto, bf16 or fp32"),
+            (self.max_prompt_len >= 8, "sft.max_prompt_len must be >= 8"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        return _build(cls, raw or {}, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config {path} not found (presets live in tune_configs/)")
+        try:
+            return cls.from_dict(yaml.safe_load(path.read_text()))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(asdict(self), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def _check_type(value, hint, key: str):
+    origin = typing.get_origin(hint)
+    allowed = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is not type(None) and isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise TypeError(f"{key} must be {names}, got {value!r}")
+
+
+def _build(cls, raw, prefix: str):
+    if not isinstance(raw, dict):
+        raise TypeError(f"{prefix or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(f"unknown key {where}{unknown[0]}; known keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+    return cls(**kwargs)

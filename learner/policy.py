@@ -1,0 +1,167 @@
+"""The policy: a Llama-style causal LM built from a config and trained from scratch.
+
+Follows LLaMA (Touvron et al., 2023) through ``transformers.LlamaForCausalLM``. The optional
+"learned encoding" factorizes the token embedding as vocab -> d_enc -> d_model (ALBERT, Lan
+et al., 2020), learned end to end. A checkpoint is an ordinary ``save_pretrained`` folder
+(safetensors) that ``AutoModelForCausalLM.from_pretrained`` opens: a factorized embedding is
+folded into a plain matrix for it, and its two factors are kept beside it for training.
+
+Sequence layout: ``<|bos|> intent <|sep|> program <|eos|>``; the loss covers the program
+and ``<|eos|>`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ENCODING_FILE = "learned_encoding.safetensors"
+META_FILE = "tinycompress.json"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Architecture of the policy. Presets: :data:`PRESETS`."""
+
+    name: str
+    """Preset name, recorded in checkpoints."""
+    hidden_size: int
+    """Model width d_model."""
+    num_layers: int
+    """Transformer blocks."""
+    num_heads: int
+    """Attention heads; must divide hidden_size."""
+    intermediate_size: int
+    """SwiGLU MLP width."""
+    num_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention (None = num_heads)."""
+    max_seq_len: int = 256
+    """Longest prompt + completion in tokens."""
+    d_enc: int | None = None
+    """Learned-encoding width: factorize embeddings vocab -> d_enc -> d_model (None = off)."""
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(f"num_heads {self.num_heads} must be divisible by num_kv_heads {kv}")
+        if self.d_enc is not None and not 0 < self.d_enc <= self.hidden_size:
+            raise ValueError(f"d_enc must be in 1..hidden_size ({self.hidden_size}), got {self.d_enc}")
+
+    def with_(self, **changes) -> PolicyConfig:
+        return PolicyConfig(**{**asdict(self), **changes})
+
+
+PRESETS: dict[str, PolicyConfig] = {
+    "tiny": PolicyConfig("tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=172),
+    "10m": PolicyConfig("10m", hidden_size=320, num_layers=8, num_heads=8, intermediate_size=864),
+    "50m": PolicyConfig("50m", hidden_size=512, num_layers=16, num_heads=8, intermediate_size=1376),
+}
+NOMINAL_PARAMS = {"10m": 10e6, "50m": 50e6}
+
+
+class FactorizedEmbedding(nn.Module):
+    """Token embedding E = A @ B with A: (V, d_enc), B: (d_enc, d_model)."""
+
+    def __init__(self, vocab_size: int, d_enc: int, d_model: int):
+        super().__init__()
+        self.codes = nn.Embedding(vocab_size, d_enc)  # (V, d_enc)
+        self.proj = nn.Linear(d_enc, d_model, bias=False)  # (d_enc -> d_model)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.codes(input_ids))  # (B, T, d_model)
+
+    def folded(self) -> torch.Tensor:
+        return self.proj(self.codes.weight)  # (V, d_model)
+
+
+def hf_config(cfg: PolicyConfig, vocab_size: int, special: dict[str, int]):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
+        max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=cfg.d_enc is None,
+        bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"],
+    )
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """Ids of the four special tokens the sequence layout needs."""
+    ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+           "pad": tokenizer.pad_token_id, "sep": tokenizer.sep_token_id}
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks special tokens {missing}: train it with rollout.tokenizer")
+    return ids
+
+
+def build_policy(cfg: PolicyConfig, tokenizer, seed: int = 0):
+    """A freshly initialized policy for ``tokenizer``'s vocabulary."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_config(cfg, len(tokenizer), special_ids(tokenizer)))
+    if cfg.d_enc is not None:
+        model.model.embed_tokens = FactorizedEmbedding(len(tokenizer), cfg.d_enc, cfg.hidden_size)
+    return model
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def save_policy(model, tokenizer, cfg: PolicyConfig, out: str | Path, meta: dict | None = None) -> Path:
+    """Write a checkpoint: HF folder (safetensors), tokenizer, config JSON, factors if any."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    emb = model.model.embed_tokens
+    if isinstance(emb, FactorizedEmbedding):
+        save_file({"codes": emb.codes.weight.detach().cpu().contiguous(),
+                   "proj": emb.proj.weight.detach().cpu().contiguous()}, str(out / ENCODING_FILE))
+        plain = nn.Embedding(*emb.folded().shape)
+        plain.weight.data.copy_(emb.folded().detach())
+        model.model.embed_tokens = plain
+        try:
+            model.save_pretrained(str(out), safe_serialization=True)
+        finally:
+            model.model.embed_tokens = emb
+    else:
+        model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    record = {"policy": asdict(cfg), "params": count_params(model), **(meta or {})}
+    (out / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", trainable_encoding: bool = False):
+    """(model, tokenizer, meta) from a checkpoint folder; eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a checkpoint (no config.json): run `tinycompress sft` first")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
+    if trainable_encoding and (path / ENCODING_FILE).exists():
+        factors = load_file(str(path / ENCODING_FILE))
+        emb = FactorizedEmbedding(factors["codes"].shape[0], factors["codes"].shape[1],
+                                  factors["proj"].shape[0])
+        emb.codes.weight.data.copy_(factors["codes"])
+        emb.proj.weight.data.copy_(factors["proj"])
+        model.model.embed_tokens = emb
+    return model.to(device).eval(), tokenizer, meta
+
+
+def policy_config_from_meta(meta: dict) -> PolicyConfig:
+    return PolicyConfig(**meta["policy"])

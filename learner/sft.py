@@ -1,0 +1,232 @@
+"""Supervised warm start: next-token loss on the program (and <eos>) given the intent.
+
+Evaluates on val every ``eval_every`` steps (val loss and greedy pass rate through the
+validator), keeps the best checkpoint by pass rate (then loss), stops early on a plateau.
+Uses the GPU when there is one, every CPU core when not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from learner.config import RunConfig
+from learner.policy import build_policy, count_params, save_policy
+from rollout.dataset import read_split
+from rollout.sampler import Sampler, encode_prompts
+from validator_actors.validator import Validator
+
+IGNORE = -100
+
+
+def build_examples(tokenizer, rows: list[dict], max_prompt_len: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per row: ``<bos> intent <sep> program <eos>``."""
+    prompts = encode_prompts(tokenizer, [r["intent"] for r in rows], max_prompt_len)
+    programs = tokenizer([r["program"] for r in rows], add_special_tokens=False)["input_ids"]
+    return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
+
+
+def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (IGNORE on prompt and padding)."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over completion tokens. logits (B, T, V), labels (B, T) with IGNORE."""
+    pred = logits[:, :-1].float()  # position t predicts token t+1
+    target = labels[:, 1:]
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+
+
+def batches(examples, batch_size: int, rng: random.Random):
+    """Shuffled batches, sorted by length within windows of 50 batches to cut padding."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i][0]))
+        groups = [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(groups)
+        yield from ([examples[i] for i in g] for g in groups)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: measured faster at equal quality on this CPU and on GPUs (docs/BENCHMARKS.md)."""
+    if precision == "fp32":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+@dataclass
+class SFTResult:
+    best_step: int = -1
+    best_pass_rate: float = -1.0
+    best_val_loss: float = math.inf
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+class SFTTrainer:
+    """Plain-class trainer; ``fit()`` runs the whole warm start and writes ``out``."""
+
+    def __init__(self, cfg: RunConfig, data_dir: str | Path, out: str | Path, device=None, log=print):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.s = cfg, cfg.sft
+        self.data_dir, self.out, self.log = Path(data_dir), Path(out), log
+        self.device = torch.device(device) if device else pick_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.s.num_threads or os.cpu_count() or 1)
+        self.tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
+        self.model = build_policy(cfg.model.policy, self.tok, seed=self.s.seed).to(self.device)
+        self.bf16 = use_bf16(self.s.precision, self.device)
+        self.train_rows = read_split(self.data_dir, "train").to_pylist()
+        self.val_rows = read_split(self.data_dir, "val").to_pylist()
+        self.train = build_examples(self.tok, self.train_rows, self.s.max_prompt_len)
+        self.val = build_examples(self.tok, self.val_rows[: self.s.eval_samples], self.s.max_prompt_len)
+        self.total_steps = math.ceil(self.s.epochs * len(self.train) / self.s.batch_size)
+        if self.s.max_steps:
+            self.total_steps = min(self.total_steps, self.s.max_steps)
+        self.opt = self._optimizer()
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.validator = Validator()
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.s.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.s.lr, betas=(0.9, 0.95),
+                                 fused=self.device.type == "cuda")
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.s.warmup_steps:
+            return (step + 1) / self.s.warmup_steps
+        progress = (step - self.s.warmup_steps) / max(1, self.total_steps - self.s.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.s.min_lr_ratio + (1 - self.s.min_lr_ratio) * cosine
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return completion_loss(logits, batch["labels"])
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        self.model.train()
+        loss = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        losses = []
+        for i in range(0, len(self.val), 64):
+            batch = collate(self.val[i : i + 64], self.tok.pad_token_id)
+            losses.append(float(self.loss(batch)) * len(batch["input_ids"]))
+        rows = self.val_rows[: self.s.eval_samples]
+        sampler = Sampler(self.model, self.tok, max_new_tokens=self.s.max_new_tokens,
+                          max_prompt_len=self.s.max_prompt_len)
+        passed = 0
+        for i in range(0, len(rows), 64):
+            chunk = rows[i : i + 64]
+            out = sampler.sample([r["intent"] for r in chunk], 1, greedy=True)
+            passed += sum(self.validator.validate(p, r["reference_hash"]).valid
+                          for p, r in zip(out.texts, chunk))
+        return {"val_loss": sum(losses) / len(self.val), "val_pass_rate": passed / len(rows)}
+
+    def fit(self) -> SFTResult:
+        from tqdm import tqdm
+
+        res, rng, step = SFTResult(), random.Random(self.s.seed), 0
+        bad_evals = 0
+        t0 = self._t0 = time.perf_counter()
+        self.log(f"[sft] {self.cfg.model.preset}: {count_params(self.model) / 1e6:.2f}M params, "
+                 f"{self.total_steps} steps, device {self.device}, bf16 {self.bf16}")
+        bar = tqdm(total=self.total_steps, desc="sft", unit="step", mininterval=5)
+        while step < self.total_steps and not res.stopped_early:
+            for batch in batches(self.train, self.s.batch_size, rng):
+                coll = collate(batch, self.tok.pad_token_id)
+                loss = self.step(coll)
+                step += 1
+                res.tokens += int(coll["attention_mask"].sum())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{res.tokens / (time.perf_counter() - t0):.0f}", refresh=False)
+                if step % self.s.eval_every == 0 or step == self.total_steps:
+                    bad_evals = self._checkpoint_if_best(step, loss, res, bad_evals)
+                    if self.s.patience and bad_evals >= self.s.patience:
+                        res.stopped_early = True
+                if step >= self.total_steps or res.stopped_early:
+                    break
+        bar.close()
+        res.steps, res.seconds = step, time.perf_counter() - t0
+        self._write_summary(res)
+        return res
+
+    def _checkpoint_if_best(self, step: int, loss: float, res: SFTResult, bad_evals: int) -> int:
+        ev = self.evaluate()
+        ev.update(step=step, train_loss=loss, seconds=round(time.perf_counter() - self._t0, 1),
+                  tokens=res.tokens)
+        res.history.append(ev)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "sft_log.jsonl", "a") as fh:
+            fh.write(json.dumps(ev) + "\n")
+        better = (ev["val_pass_rate"], -ev["val_loss"]) > (res.best_pass_rate, -res.best_val_loss)
+        self.log(f"[sft] step {step}: val pass {ev['val_pass_rate']:.3f} loss {ev['val_loss']:.4f}"
+                 f"{' (best, saved)' if better else ''}")
+        if not better:
+            return bad_evals + 1
+        res.best_step, res.best_pass_rate, res.best_val_loss = step, ev["val_pass_rate"], ev["val_loss"]
+        meta = {"stage": "sft", "step": step, "val_pass_rate": ev["val_pass_rate"],
+                "val_loss": ev["val_loss"], "data": self._data_meta(), "config": self.cfg.to_yaml(),
+                "policy_version": 0}
+        save_policy(self.model, self.tok, self.cfg.model.policy, self.out, meta)
+        return 0
+
+    def _data_meta(self) -> dict:
+        stats = json.loads((self.data_dir / "stats.json").read_text())
+        return {"dir": str(self.data_dir), "seed": stats["seed"], "n": stats["n"],
+                "codebook_version": stats["codebook_version"]}
+
+    def _write_summary(self, res: SFTResult) -> None:
+        params = count_params(self.model)
+        summary = {
+            "preset": self.cfg.model.preset, "params": params, "device": str(self.device),
+            "bf16": self.bf16, "steps": res.steps, "seconds": round(res.seconds, 1),
+            "tokens": res.tokens, "tokens_per_s": round(res.tokens / res.seconds, 1),
+            "model_flops_per_s": round(6 * params * res.tokens / res.seconds, 1),
+            "best_step": res.best_step, "best_val_pass_rate": res.best_pass_rate,
+            "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+        }
+        (self.out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.log(f"[sft] done: {json.dumps(summary)}")

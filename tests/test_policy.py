@@ -1,0 +1,151 @@
+"""The policy, its warm start, the sampler and the evaluator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner.config import RunConfig
+from learner.policy import NOMINAL_PARAMS, PRESETS, build_policy, count_params, load_policy, save_policy
+from learner.sft import IGNORE, SFTTrainer, build_examples, collate, completion_loss
+from rollout.dataset import build_dataset, read_split
+from rollout.sampler import Sampler, sequence_logprobs
+
+TINY = {"model": {"preset": "tiny"},
+        "sft": {"lr": 3e-3, "warmup_steps": 1, "batch_size": 8, "max_steps": 4, "eval_every": 2,
+                "eval_samples": 8, "patience": 0, "max_new_tokens": 24, "precision": "fp32"}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("policy_data")
+    build_dataset(out, n=300, seed=2, progress=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(data):
+    return AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+
+
+@pytest.mark.parametrize("preset", ["10m", "50m"])
+def test_preset_parameter_counts_within_ten_percent(preset, tok):
+    n = count_params(build_policy(PRESETS[preset], tok))
+    assert abs(n - NOMINAL_PARAMS[preset]) / NOMINAL_PARAMS[preset] < 0.10, n
+
+
+def test_learned_encoding_factorizes_the_embedding(tok):
+    plain = count_params(build_policy(PRESETS["tiny"], tok))
+    fact = build_policy(PRESETS["tiny"].with_(d_enc=16), tok)
+    emb = fact.model.embed_tokens
+    assert emb.codes.weight.shape == (len(tok), 16) and emb.proj.weight.shape == (64, 16)
+    assert count_params(fact) != plain
+
+
+def test_completion_only_loss(tok, data):
+    rows = read_split(data, "train").to_pylist()[:4]
+    batch = collate(build_examples(tok, rows, 192), tok.pad_token_id)
+    n_prompt = [len(tok(r["intent"], add_special_tokens=False)["input_ids"]) + 2 for r in rows]
+    for i, n in enumerate(n_prompt):
+        assert (batch["labels"][i, :n] == IGNORE).all() and (batch["labels"][i, n] != IGNORE)
+    torch.manual_seed(0)
+    logits = torch.randn(*batch["input_ids"].shape, len(tok))
+    base = completion_loss(logits, batch["labels"])
+    bumped = logits.clone()
+    for i, n in enumerate(n_prompt):  # positions < n-1 predict prompt tokens
+        bumped[i, : n - 1] += 5 * torch.randn_like(bumped[i, : n - 1])
+    assert torch.allclose(completion_loss(bumped, batch["labels"]), base)
+    bumped[0, n_prompt[0] - 1] += 5 * torch.randn(len(tok))  # predicts the first program token
+    assert not torch.allclose(completion_loss(bumped, batch["labels"]), base)
+
+
+def test_one_sft_step_changes_every_parameter_and_lowers_the_loss(data, tmp_path):
+    trainer = SFTTrainer(RunConfig.from_dict(TINY), data, tmp_path / "ck", device="cpu", log=lambda m: None)
+    batch = collate(trainer.train[:8], trainer.tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    first = trainer.step(batch)
+    unchanged = [n for n, p in trainer.model.named_parameters() if torch.equal(before[n], p)]
+    assert not unchanged, unchanged
+    assert torch.isfinite(torch.tensor(first))
+    for _ in range(5):
+        last = trainer.step(batch)
+    assert last < first
+
+
+def test_sampler_logprobs_match_a_fresh_forward_pass(tok):
+    model = build_policy(PRESETS["tiny"], tok, seed=1).eval()
+    with torch.no_grad():  # make <eos> likely so rows finish at different steps
+        model.model.embed_tokens.weight[tok.eos_token_id] *= 0
+        model.model.embed_tokens.weight[tok.eos_token_id] += model.model.norm.weight * 0.6
+    sampler = Sampler(model, tok, max_new_tokens=16, temperature=0.8, top_p=0.9)
+    intents = ["please check contract rule 3 in the build", "hi", "waive invariant 7 for the audit, thanks"]
+    out = sampler.sample(intents, 4, generator=torch.Generator().manual_seed(0), policy_version=7)
+    assert out.completion_ids.shape[0] == 12 and out.policy_version == 7
+    assert len(set(out.lengths.tolist())) > 1, "rows should finish at different steps"
+    for r in range(12):
+        n = int(out.lengths[r])
+        ref = sequence_logprobs(model, out.prompt_ids[r // 4], out.completion_ids[r, :n].tolist(), 0.8)
+        assert torch.allclose(ref, out.logprobs[r, :n], atol=1e-4)
+        assert not out.mask[r, n:].any() and (out.logprobs[r, n:] == 0).all()
+
+
+def test_save_load_round_trip_gives_identical_logits(tok, tmp_path):
+    ids = torch.tensor([[tok.bos_token_id, 5, 9, 33, tok.sep_token_id, 12]])
+    for d_enc in (None, 16):
+        cfg = PRESETS["tiny"].with_(d_enc=d_enc)
+        model = build_policy(cfg, tok, seed=3).eval()
+        path = save_policy(model, tok, cfg, tmp_path / f"ck{d_enc}", {"stage": "test"})
+        reloaded = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+        with torch.no_grad():
+            assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-6)
+        again, _, meta = load_policy(path, trainable_encoding=True)
+        assert meta["policy"]["d_enc"] == d_enc
+        with torch.no_grad():
+            assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-6)
+
+
+def test_greedy_decoding_is_deterministic(tok):
+    model = build_policy(PRESETS["tiny"], tok, seed=4).eval()
+    sampler = Sampler(model, tok, max_new_tokens=12)
+    intents = ["check rule 3", "enforce every invariant during the audit please"]
+    a, b = sampler.sample(intents, 1, greedy=True), sampler.sample(intents, 1, greedy=True)
+    assert a.texts == b.texts and torch.equal(a.completion_ids, b.completion_ids)
+    one = sampler.sample(intents[1:], 1, greedy=True)
+    assert one.texts[0] == a.texts[1], "batch composition must not change a greedy answer"
+
+
+def test_config_is_strict_and_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="unknown key sft.learning_rate"):
+        RunConfig.from_dict({"sft": {"learning_rate": 1e-3}})
+    with pytest.raises(ValueError, match="unknown preset"):
+        RunConfig.from_dict({"model": {"preset": "7b"}})
+    with pytest.raises(TypeError, match="sft.batch_size must be int"):
+        RunConfig.from_dict({"sft": {"batch_size": "32"}})
+    for name in ("tiny", "10m", "50m"):
+        cfg = RunConfig.from_yaml(f"tune_configs/{name}.yaml")
+        cfg.to_yaml(tmp_path / f"{name}.yaml")
+        assert RunConfig.from_yaml(tmp_path / f"{name}.yaml") == cfg
+
+
+def test_sft_and_eval_entry_points(data, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    RunConfig.from_dict(TINY).to_yaml(cfg)
+    ck = tmp_path / "ck"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cluster.cli", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    proc = run("sft", "--config", str(cfg), "--data", str(data), "--out", str(ck))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (ck / "model.safetensors").exists() and (ck / "tokenizer.json").exists()
+    summary = json.loads((ck / "sft_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens_per_s"] > 0
+    proc = run("eval", "--checkpoint", str(ck), "--data", str(data), "--split", "heldout",
+               "--limit", "4", "--batch", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["model"]["n"] == 4 and report["baseline"]["n"] == 4
+    assert report["model"]["size_mb"] > 0 and "p95" in report["model"]["latency_ms"]
