@@ -10,7 +10,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from validator_actors.pool import FaultInjection, ValidatorPool  # noqa: E402
+from validator_actors.pool import FaultInjection, PoolConfig, ValidatorPool  # noqa: E402
 from validator_actors.tokens import TokenCounter  # noqa: E402
 from validator_actors.validator import Validator, score  # noqa: E402
 
@@ -66,8 +66,17 @@ def test_pool_of_two_and_of_one_agree(ray_session):
     with ValidatorPool(num_actors=1, chunk_size=64, inflight_per_actor=1) as one:
         a = one.score(*batch)
     with ValidatorPool(num_actors=2, chunk_size=29) as two:
-        b = two.score(*batch)
+        first, second = two.score_async(*batch), two.score_async(*make_batch(50))
+        b = first.result(timeout=TIMEOUT)
+        assert second.result(timeout=TIMEOUT) == a[:50]
     assert a == b
+
+
+def test_pool_config_is_checked():
+    with pytest.raises(ValueError, match="chunk_size must be > 0"):
+        PoolConfig(chunk_size=0)
+    with pytest.raises(ValueError, match="max_retries must be >= 0"):
+        PoolConfig(max_retries=-1)
 
 
 def test_killing_an_actor_mid_batch_loses_nothing(ray_session):
@@ -94,12 +103,12 @@ def test_killing_an_actor_mid_batch_loses_nothing(ray_session):
 
 
 def test_a_crash_without_retries_fails_exactly_that_chunk(ray_session):
-    batch = make_batch(120)
+    batch = make_batch(80)
     pool = ValidatorPool(num_actors=1, chunk_size=40, timeout_s=20, max_retries=0,
-                         inflight_per_actor=1, fault=FaultInjection(delay_s=0.4))
+                         inflight_per_actor=1, fault=FaultInjection(delay_s=1.0))
     try:
         pool.wait_ready(TIMEOUT)
-        threading.Timer(0.2, ray.kill, args=(pool.actors[0],)).start()  # during chunk 0..39
+        threading.Timer(0.3, ray.kill, args=(pool.actors[0],)).start()  # during chunk 0..39
         got = pool.score(*batch)
     finally:
         pool.shutdown()

@@ -3,9 +3,9 @@
 :class:`ValidatorActor` is a thin Ray shell over the plain :class:`~validator_actors.validator.Validator`
 and :func:`~validator_actors.validator.score` (resource options and forwarding only).
 :class:`ValidatorPool` cuts a batch into chunks, keeps up to ``inflight_per_actor`` chunks queued
-on each actor, and gathers results with ``ray.wait`` as they arrive. A chunk whose actor dies, or that runs past ``timeout_s``,
-is rescored on a freshly created replacement actor (the old one is killed); after ``max_retries``
-such retries its samples get an explicit failure :class:`Score`:
+on each actor, and gathers results with ``ray.wait`` as they arrive. A chunk whose actor dies, or
+that runs past ``timeout_s``, is rescored on a freshly created replacement actor (the old one is
+killed); after ``max_retries`` such retries its samples get an explicit failure :class:`Score`:
 
     ``Score(index, reward=-1.0, valid=False, codes=("VALIDATOR_TIMEOUT",) or ("VALIDATOR_CRASH",),
     tokens=0, hash=None)``
@@ -13,15 +13,19 @@ such retries its samples get an explicit failure :class:`Score`:
 i.e. exactly the FAIL reward and no token penalty (the program was never counted), never a silent
 0 or NaN. Every index of the batch appears exactly once in the output.
 
->>> pool = ValidatorPool(num_actors=2)                      # doctest: +SKIP
+>>> ray.init(num_cpus=2)                                       # doctest: +SKIP
+>>> pool = ValidatorPool(num_actors=2, chunk_size=128)          # doctest: +SKIP
 >>> [s.reward for s in pool.score(["check rule 3"], ["C3?"], ["C3?"])]  # doctest: +SKIP
-[0.98]
+[0.97]
+>>> for scores in pool.iter_scores(intents, programs, refs):  # as chunks arrive  # doctest: +SKIP
+...     handle(scores)                                          # Score.index is batch-global
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -116,19 +120,45 @@ class PoolError(RuntimeError):
     """The pool cannot do its job at all (e.g. an actor cannot start); not a scoring failure."""
 
 
-class ValidatorPool:
-    """Score batches across ``num_actors`` validator actors. Needs ``ray.init()`` first.
+@dataclass(frozen=True)
+class PoolConfig:
+    """The validator pool's settings, checked at construction."""
 
-    Args:
-        num_actors: actors to keep alive.
-        chunk_size: samples per actor call; the unit of retry and of timeout.
-        timeout_s: a chunk running longer than this (from when it could start) is a timeout.
-        max_retries: how many times a failed chunk is rescored on a replacement actor.
-        token_counter: ``list[str] -> list[int]`` (e.g. ``tokens.TokenCounter``); picklable.
-        actor_options: extra ``ValidatorActor.options(...)``, e.g. ``{"num_cpus": 0.25}``.
-        inflight_per_actor: chunks queued on each actor at once (2 hides the round trip).
-        startup_timeout_s: an actor not up by then raises :class:`PoolError`.
-        fault: test/benchmark hook (see :class:`FaultInjection`); None in production.
+    num_actors: int = 2
+    """Actors kept alive."""
+    chunk_size: int = 128
+    """Samples per actor call: the unit of dispatch, of timeout and of retry."""
+    timeout_s: float = 30.0
+    """A chunk running longer than this, from when it could start, is a timeout."""
+    max_retries: int = 1
+    """Times a timed-out or crashed chunk is rescored on a fresh actor before it fails explicitly."""
+    num_cpus: float = 0.5
+    """Logical CPUs each actor reserves (0.5: two actors leave a core for the rest on 2 cores)."""
+    inflight_per_actor: int = 2
+    """Chunks queued on each actor at once; 2 hides the round trip between chunks."""
+    max_penalized_tokens: int = 256
+    """Token penalty cap, as in ``validator.score``."""
+    startup_timeout_s: float = 120.0
+    """An actor that is not up by then raises :class:`PoolError` (usually: no free CPU)."""
+
+    def __post_init__(self):
+        positive = ("num_actors", "chunk_size", "timeout_s", "inflight_per_actor", "startup_timeout_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PoolConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"PoolConfig.max_retries must be >= 0, got {self.max_retries}")
+        if self.num_cpus < 0:
+            raise ValueError(f"PoolConfig.num_cpus must be >= 0, got {self.num_cpus}")
+
+
+class ValidatorPool:
+    """Score batches across validator actors. Needs ``ray.init()`` first.
+
+    Keyword arguments are the fields of :class:`PoolConfig` (or pass ``config=``), plus
+    ``token_counter`` (``list[str] -> list[int]``, picklable, e.g. ``tokens.TokenCounter``),
+    ``actor_options`` (extra ``ValidatorActor.options(...)``) and ``fault`` (a test/benchmark
+    hook, see :class:`FaultInjection`; None in production).
     """
 
     def __init__(
@@ -140,33 +170,24 @@ class ValidatorPool:
         token_counter: TokenCounterFn | None = None,
         actor_options: dict | None = None,
         *,
-        max_penalized_tokens: int = 256,
-        inflight_per_actor: int = 2,
-        startup_timeout_s: float = 120.0,
+        config: PoolConfig | None = None,
         fault: FaultInjection | None = None,
+        **more: float,
     ):
-        if num_actors < 1:
-            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if inflight_per_actor < 1:
-            raise ValueError(f"inflight_per_actor must be >= 1, got {inflight_per_actor}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.config = config or PoolConfig(num_actors, chunk_size, timeout_s, max_retries, **more)
         if not ray.is_initialized():
             raise PoolError("ValidatorPool needs Ray: call ray.init() (or run inside a Ray job) first")
-        self.chunk_size, self.timeout_s, self.max_retries = chunk_size, timeout_s, max_retries
-        self.startup_timeout_s = startup_timeout_s
-        self.inflight_per_actor = inflight_per_actor
-        self.actor_options = dict(actor_options or {})
+        cfg = self.config
+        self.chunk_size, self.timeout_s, self.max_retries = cfg.chunk_size, cfg.timeout_s, cfg.max_retries
+        self.startup_timeout_s, self.inflight_per_actor = cfg.startup_timeout_s, cfg.inflight_per_actor
+        self.actor_options = {"num_cpus": cfg.num_cpus, **(actor_options or {})}
         self._actor_args = dict(
-            token_counter=token_counter, max_penalized_tokens=max_penalized_tokens, fault=fault
+            token_counter=token_counter, max_penalized_tokens=cfg.max_penalized_tokens, fault=fault
         )
         self.stats = PoolStats()
-        self._slots = [self._new_slot() for _ in range(num_actors)]
+        self._slots = [self._new_slot() for _ in range(cfg.num_actors)]
         self._busy = False
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- actors -------------------------------------------------------------------------------
 
@@ -199,6 +220,9 @@ class ValidatorPool:
             s.ready_ref = None
 
     def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         for s in self._slots:
             try:
                 ray.kill(s.actor, no_restart=True)
@@ -226,6 +250,18 @@ class ValidatorPool:
         if missing:
             raise AssertionError(f"samples lost by the pool: {missing[:10]}")
         return out  # type: ignore[return-value]
+
+    def score_async(
+        self,
+        intents: Sequence[str],
+        programs: Sequence[str],
+        references: Sequence[str | None],
+    ) -> Future[list[Score]]:
+        """Start :meth:`score` in the pool's background thread and return its future, so that the
+        caller can keep generating; batches submitted this way are scored one after another."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="validator-pool")
+        return self._executor.submit(self.score, list(intents), list(programs), list(references))
 
     def iter_scores(
         self,
@@ -292,7 +328,7 @@ class ValidatorPool:
             if s.ready_ref is not None and now >= s.started_at + self.startup_timeout_s:
                 raise PoolError(
                     f"a validator actor did not start within {self.startup_timeout_s:.0f} s: "
-                    f"are enough CPUs free for num_cpus={self.actor_options.get('num_cpus', 0.5)}?"
+                    f"are enough CPUs free for num_cpus={self.actor_options['num_cpus']}?"
                 )
             if s.inflight and now >= s.deadline:
                 self.stats.timeouts += 1
