@@ -68,6 +68,10 @@ class SFTConfig:
     """Intent tokens kept (longer intents are cut)."""
     max_new_tokens: int = 96
     """Longest generated program at evaluation."""
+    target: str = "surface"
+    """Program column to learn: surface (intent order), canonical, or minimal. All score alike."""
+    paraphrases: bool = True
+    """Also train on train_paraphrases.parquet (new wordings of the train requests)."""
 
     def __post_init__(self):
         checks = [
@@ -79,6 +83,8 @@ class SFTConfig:
             (self.eval_samples >= 1, "sft.eval_samples must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "sft.precision must be auto, bf16 or fp32"),
             (self.max_prompt_len >= 8, "sft.max_prompt_len must be >= 8"),
+            (self.target in ("surface", "canonical", "minimal"),
+             "sft.target must be surface, canonical or minimal"),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,10 +27,14 @@ from validator_actors.validator import Validator
 IGNORE = -100
 
 
-def build_examples(tokenizer, rows: list[dict], max_prompt_len: int) -> list[tuple[list[int], int]]:
-    """(token ids, prompt length) per row: ``<bos> intent <sep> program <eos>``."""
+def build_examples(tokenizer, rows: list[dict], max_prompt_len: int,
+                   target: str = "program") -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per row: ``<bos> intent <sep> program <eos>``.
+
+    ``target`` names the program column: ``program`` (canonical), ``surface`` or ``minimal``.
+    """
     prompts = encode_prompts(tokenizer, [r["intent"] for r in rows], max_prompt_len)
-    programs = tokenizer([r["program"] for r in rows], add_special_tokens=False)["input_ids"]
+    programs = tokenizer([r[target] for r in rows], add_special_tokens=False)["input_ids"]
     return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
 
 
@@ -106,15 +110,19 @@ class SFTTrainer:
         self.model = build_policy(cfg.model.policy, self.tok, seed=self.s.seed).to(self.device)
         self.bf16 = use_bf16(self.s.precision, self.device)
         self.train_rows = read_split(self.data_dir, "train").to_pylist()
+        if self.s.paraphrases:
+            self.train_rows += read_split(self.data_dir, "train_paraphrases").to_pylist()
         self.val_rows = read_split(self.data_dir, "val").to_pylist()
-        self.train = build_examples(self.tok, self.train_rows, self.s.max_prompt_len)
-        self.val = build_examples(self.tok, self.val_rows[: self.s.eval_samples], self.s.max_prompt_len)
+        column = "program" if self.s.target == "canonical" else self.s.target
+        self.train = build_examples(self.tok, self.train_rows, self.s.max_prompt_len, column)
+        self.val = build_examples(self.tok, self.val_rows[: self.s.eval_samples], self.s.max_prompt_len, column)
         self.total_steps = math.ceil(self.s.epochs * len(self.train) / self.s.batch_size)
         if self.s.max_steps:
             self.total_steps = min(self.total_steps, self.s.max_steps)
         self.opt = self._optimizer()
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.validator = Validator()
+        self.nonfinite_in_a_row = 0
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
@@ -138,9 +146,16 @@ class SFTTrainer:
         return completion_loss(logits, batch["labels"])
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One update; a non-finite loss skips the update (after 10 in a row, training stops)."""
         self.model.train()
         loss = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= 10:
+                raise FloatingPointError("10 non-finite losses in a row: lower sft.lr or use fp32")
+            return float("nan")
+        self.nonfinite_in_a_row = 0
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         self.opt.step()

@@ -11,6 +11,7 @@ def _data(args: argparse.Namespace) -> int:
     from rollout.dataset import build_dataset
 
     stats = build_dataset(args.out, n=args.n, seed=args.seed, vocab_size=args.vocab_size,
+                          paraphrases=args.paraphrases,
                           progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
     summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
                | {"intent_tokens_mean": s["intent_tokens"]["mean"],
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=10000, help="intents in train+val+test (80/10/10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
+    p.add_argument("--paraphrases", type=int, default=4,
+                   help="extra wordings per train request in train_paraphrases.parquet (0 = none)")
     p.set_defaults(func=_data)
     p = sub.add_parser("baseline", help="score the rule-based compressor on a split")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")

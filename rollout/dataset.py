@@ -6,6 +6,8 @@
   text and by program (every program appears in one split only);
 - ``heldout.parquet`` (``n/10`` intents rendered with templates never used in the three splits);
 - ``corrupt.parquet`` (invalid programs, each labelled with the error code it must produce);
+- ``train_paraphrases.parquet`` (``paraphrases`` new wordings of every train request: same
+  programs as train, new intent texts, train templates; for supervised training only);
 - ``tokenizer/`` (BPE trained on the train split) and ``stats.json``.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollout.intents import Example, IntentGenerator, template_ids
+from rollout.intents import Example, IntentGenerator, surface_program, template_ids
 from rollout.tokenizer import count_tokens, save_tokenizer, train_bpe
 from validator_actors import ir
 from validator_actors.codebook import Codebook, load_codebook
@@ -29,7 +31,7 @@ SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("intent", pa.string()), ("program", pa.string()),
-    ("minimal", pa.string()), ("reference_hash", pa.string()), ("template_id", pa.int32()),
+    ("minimal", pa.string()), ("surface", pa.string()), ("reference_hash", pa.string()), ("template_id", pa.int32()),
     ("context", pa.string()), ("n_clauses", pa.int32()), ("n_atoms", pa.int32()),
     ("tags", pa.list_(pa.string())), ("intent_tokens", pa.int32()),
     ("program_tokens", pa.int32()), ("minimal_tokens", pa.int32()),
@@ -70,6 +72,7 @@ def _rows(examples: list[Example], split: str, cb: Codebook, validator: Validato
         "intent": intents,
         "program": programs,
         "minimal": minimals,
+        "surface": [surface_program(e.plan, cb) for e in examples],
         "reference_hash": [validator.validate(p).hash for p in programs],
         "template_id": [e.template_id for e in examples],
         "context": [e.meaning.context for e in examples],
@@ -122,8 +125,22 @@ def _split_stats(rows: dict, cb: Codebook) -> dict:
     }
 
 
+def _paraphrases(gen: IntentGenerator, train: list[Example], k: int, seen: set[str]) -> list[Example]:
+    """``k`` new wordings of every train request (train templates only, intents all new)."""
+    out = []
+    for ex in train:
+        for _ in range(k):
+            for _attempt in range(20):
+                para = gen.paraphrase(ex, gen.rng.choice(template_ids(False)))
+                if para.intent not in seen:
+                    seen.add(para.intent)
+                    out.append(para)
+                    break
+    return out
+
+
 def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: int = 2048,
-                  progress=print) -> dict:
+                  progress=print, paraphrases: int = 4) -> dict:
     """Generate every file of the dataset under ``out``; return the stats."""
     from rollout.corrupt import corrupt_rows
 
@@ -149,6 +166,11 @@ def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: in
     train_texts += [ir.canonical(e.meaning, cb) for e in parts["train"]]
     train_texts += [ir.minimal(e.meaning, cb) for e in parts["train"]]
     tok = train_bpe(train_texts, vocab_size=vocab_size)
+    if paraphrases:
+        # drawn after everything else, from their own stream, so the other files do not change
+        progress(f"generating {paraphrases} paraphrases of every train intent")
+        para_gen = IntentGenerator(cb, seed + 1_000_003)
+        parts["train_paraphrases"] = _paraphrases(para_gen, parts["train"], paraphrases, seen_intents)
     save_tokenizer(tok, out / "tokenizer")
     stats: dict = {"seed": seed, "n": n, "codebook_version": cb.version,
                    "vocab_size": tok.get_vocab_size(), "splits": {}}

@@ -165,6 +165,7 @@ class Example:
     meaning: ir.Meaning
     template_id: int
     tags: tuple[str, ...]  # e.g. all_rules, legacy, compound, or, run, default_context
+    plan: tuple = ()  # (clauses of atom groups, context, outputs, alias) as sampled and rendered
 
 
 def template_ids(heldout: bool) -> list[int]:
@@ -314,7 +315,24 @@ class IntentGenerator:
                 if len(meaning.clauses) == len(clauses):
                     break
         intent = self.render(clauses, context, outputs, alias, template_id)
-        return Example(intent, meaning, template_id, _tags(clauses, context, outputs, alias, self.cb))
+        plan = (clauses, context, outputs, alias)
+        return Example(intent, meaning, template_id, _tags(clauses, context, outputs, alias, self.cb), plan)
+
+    def paraphrase(self, ex: Example, template_id: int) -> Example:
+        """The same request rendered again (new wording, same meaning and plan)."""
+        intent = self.render(*ex.plan, template_id)
+        return Example(intent, ex.meaning, template_id, ex.tags, ex.plan)
+
+
+def surface_program(plan: tuple, cb: Codebook) -> str:
+    """The reference in the order the intent mentions things (equivalent to the canonical).
+
+    Like the canonical form it lists every rule, writes the context and full output paths;
+    unlike it, clauses and atoms keep the intent's order, so reading and writing align.
+    """
+    clauses, context, outputs, _ = plan
+    body = "|".join("&".join(ir.atom_text(a, cb) for g in c for a in g) for c in clauses)
+    return body + f":{context}" + "".join(">" + ir.normalize_output(o, cb).rstrip("/") for o in outputs)
 
 
 def _distinct_items(groups: list[list[ir.Atom]]) -> bool:

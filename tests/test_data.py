@@ -46,6 +46,17 @@ def test_splits_disjoint_by_intent_and_program(full):
         assert not programs[a] & programs[b], f"{a} and {b} share programs"
 
 
+def test_paraphrases_reword_train_programs_only(full):
+    _, _, rows = full
+    para = read_split(full[0], "train_paraphrases").to_pylist()
+    assert len(para) >= 3.9 * len(rows["train"])
+    assert {r["program"] for r in para} <= {r["program"] for r in rows["train"]}
+    others = {r["intent"] for s in SPLITS for r in rows[s]}
+    assert not {r["intent"] for r in para} & others
+    v = Validator()
+    assert all(v.validate(r["surface"], r["reference_hash"]).valid for r in para[::7])
+
+
 def test_heldout_uses_only_unseen_templates(full):
     _, _, rows = full
     seen = {r["template_id"] for s in ("train", "val", "test") for r in rows[s]}
@@ -63,6 +74,7 @@ def test_every_reference_passes_the_validator(full):
             assert ref.valid, (split, r["program"], ref.codes)
             assert ref.canonical == r["program"], "reference programs are canonical"
             assert v.validate(r["minimal"], r["reference_hash"]).valid, r["minimal"]
+            assert v.validate(r["surface"], r["reference_hash"]).valid, r["surface"]
 
 
 def test_every_corrupt_item_fails_with_its_label(full):
@@ -130,7 +142,7 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
     for path, seed in ((a, 3), (b, 3), (c, 4)):
         build_dataset(path, n=300, seed=seed, progress=lambda m: None)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 8  # 5 parquet, stats.json, 2 tokenizer files
+    assert len(files) == 9  # 6 parquet, stats.json, 2 tokenizer files
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "train.parquet").read_bytes() != (c / "train.parquet").read_bytes()
