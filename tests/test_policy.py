@@ -149,3 +149,45 @@ def test_sft_and_eval_entry_points(data, tmp_path):
     report = json.loads(proc.stdout)
     assert report["model"]["n"] == 4 and report["baseline"]["n"] == 4
     assert report["model"]["size_mb"] > 0 and "p95" in report["model"]["latency_ms"]
+
+
+class ScriptedSampler:
+    """Returns scripted programs per round: a stand-in policy for the loop's logic."""
+
+    def __init__(self, rounds):
+        self.rounds, self.calls = list(rounds), []
+
+    def sample(self, intents, group_size, greedy=False):
+        self.calls.append((list(intents), group_size, greedy))
+        script = self.rounds.pop(0)
+        return type("Out", (), {"texts": [script(i, g) for i in intents for g in range(group_size)]})
+
+
+def test_rejection_sampling_retries_then_falls_back():
+    from rollout.baseline import RuleBasedCompressor
+    from rollout.rejection import rejection_sample
+
+    intents = ["please check contract rule 3 during the build", "enforce invariant 5", "skip verification"]
+    rounds = [
+        lambda i, g: "C3?:build" if "rule 3" in i else "C99",          # greedy: only the first is valid
+        lambda i, g: ["I5", "I5:execute", "C14", "I5"][g] if "invariant" in i else "",  # two valid, same meaning
+        lambda i, g: "nonsense",
+    ]
+    sampler = ScriptedSampler(rounds)
+    answers = rejection_sample(sampler, intents, fallback=RuleBasedCompressor().compress, k=3, group_size=4)
+    assert [a.source for a in answers] == ["model", "model", "fallback"]
+    assert [a.attempts for a in answers] == [1, 2, 3]
+    assert answers[1].program == "I5", "the shortest valid candidate wins"
+    assert answers[2].program == "V!:execute" and answers[2].valid
+    assert [len(c[0]) for c in sampler.calls] == [3, 2, 1], "only unanswered intents are resampled"
+    assert sampler.calls[0][1:] == (1, True) and sampler.calls[1][1:] == (4, False)
+
+
+def test_rejection_sampling_with_an_untrained_policy_always_falls_back(tok):
+    from rollout.baseline import RuleBasedCompressor
+    from rollout.rejection import rejection_sample
+
+    model = build_policy(PRESETS["tiny"], tok, seed=5).eval()
+    answers = rejection_sample(Sampler(model, tok, max_new_tokens=8), ["check contract rule 3 while building"],
+                               fallback=RuleBasedCompressor().compress, k=2, group_size=2)
+    assert answers[0].source == "fallback" and answers[0].program == "C3?:build"
