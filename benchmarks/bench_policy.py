@@ -87,7 +87,9 @@ def bench_training(data, preset, steps, batch_size):
                                    "sft": {"precision": precision, "batch_size": batch_size,
                                            "warmup_steps": 10, "max_steps": steps, "lr": 1e-3,
                                            "paraphrases": False}})
+        threads = torch.get_num_threads()
         tr = SFTTrainer(cfg, data, "/tmp/bench_sft_unused", device="cpu", log=lambda m: None)
+        torch.set_num_threads(threads)  # the trainer takes every core; keep the bench's choice
         import random
         stream = batches(tr.train, batch_size, random.Random(0))
         losses, tokens = [], 0
@@ -116,9 +118,10 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency-n", type=int, default=100)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = every core)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
     model, tok, _ = load_policy(a.checkpoint)
     intents = [r["intent"] for r in read_split(a.data, "test").to_pylist()]
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

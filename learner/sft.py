@@ -185,6 +185,7 @@ class SFTTrainer:
 
         res, rng, step = SFTResult(), random.Random(self.s.seed), 0
         bad_evals = 0
+        (self.out / "sft_log.jsonl").unlink(missing_ok=True)  # a new run starts a new log
         t0 = self._t0 = time.perf_counter()
         self.log(f"[sft] {self.cfg.model.preset}: {count_params(self.model) / 1e6:.2f}M params, "
                  f"{self.total_steps} steps, device {self.device}, bf16 {self.bf16}")
