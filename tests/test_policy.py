@@ -191,3 +191,23 @@ def test_rejection_sampling_with_an_untrained_policy_always_falls_back(tok):
     answers = rejection_sample(Sampler(model, tok, max_new_tokens=8), ["check contract rule 3 while building"],
                                fallback=RuleBasedCompressor().compress, k=2, group_size=2)
     assert answers[0].source == "fallback" and answers[0].program == "C3?:build"
+
+
+def test_the_shipped_10m_checkpoint_compresses_fresh_intents():
+    """serve/assets/compressor_10m is the warm start the later issues build on."""
+    from pathlib import Path
+
+    from rollout.intents import IntentGenerator, template_ids
+    from validator_actors import ir
+    from validator_actors.codebook import load_codebook
+    from validator_actors.validator import Validator
+
+    path = Path(__file__).parent.parent / "serve" / "assets" / "compressor_10m"
+    model, tok, meta = load_policy(path)
+    assert meta["stage"] == "sft" and meta["policy"]["name"] == "10m"
+    cb, v = load_codebook(), Validator()
+    gen = IntentGenerator(cb, seed=987)  # intents no split holds
+    examples = [gen.example(t) for t in template_ids(False)[:30]]
+    out = Sampler(model, tok, max_new_tokens=96).sample([e.intent for e in examples], 1, greedy=True)
+    passed = [v.validate(p, ir.canonical(e.meaning, cb)).valid for p, e in zip(out.texts, examples)]
+    assert sum(passed) / len(passed) >= 0.8, list(zip(out.texts, passed))
