@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,9 +39,11 @@ def timed(fn, repeats: int, warmup: int = 5) -> np.ndarray:
     return out
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident set (``VmRSS``) or its peak (``VmHWM``; unlike ru_maxrss it is not inherited
+    across fork + exec from the parent benchmark process), in MiB."""
     with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
     return kb / 1024
 
 
@@ -58,7 +59,7 @@ def memory_probe(ckpt: Path, batch: int, threads: int) -> dict:
     model, _ = load_checkpoint(ckpt)
     with torch.inference_mode():
         model.encode(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM")
     return {"batch": batch, "peak_rss_mb": peak, "model_plus_buffers_mb": peak - base,
             "weights_mb": sum(p.numel() * 4 for p in model.parameters()) / 2**20}
 

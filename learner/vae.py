@@ -7,6 +7,8 @@ Follows:
 - Howard et al., "MobileNets" (2017): depthwise-separable convolutions (a per-channel 3x3
   conv, then a 1x1 conv mixing channels). As in MobileNet, the stem that reads the 3 colour
   channels is a full 3x3 conv: a depthwise conv over 3 channels sees too little;
+- Rybkin, Daniilidis & Levine, "Simple and Effective VAE Training with Calibrated
+  Decoders" (sigma-VAE, 2021), as an option: the decoder variance is each crop's own MSE;
 - Wu & He, "Group Normalization" (2018): GroupNorm, so a batch of one behaves like any other.
 
 Encoder: 3 -> 16 -> 32 -> 64 channels, stride 2 each (64 -> 32 -> 16 -> 8 pixels), then
@@ -41,6 +43,10 @@ class VAEConfig:
     """Weight of the KL term (beta-VAE); 0 makes a plain autoencoder."""
     ssim_weight: float = 0.0
     """Weight of an extra (1 - SSIM) term, scaled by the pixel count like the squared error."""
+    recon: str = "sse"
+    """Reconstruction term: ``sse`` (summed squared error, a Gaussian decoder of fixed
+    variance) or ``sigma_vae`` (a Gaussian decoder whose variance is the crop's own MSE,
+    Rybkin et al. 2021: (D / 2) * log(MSE), which weights every crop's PSNR alike)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -55,6 +61,8 @@ class VAEConfig:
         if self.latent_dim < 1 or self.extra_blocks < 0:
             raise ValueError(f"latent_dim must be >= 1 and extra_blocks >= 0, got "
                              f"{self.latent_dim}, {self.extra_blocks}")
+        if self.recon not in ("sse", "sigma_vae"):
+            raise ValueError(f"recon must be 'sse' or 'sigma_vae', got {self.recon!r}")
         if self.beta < 0 or self.ssim_weight < 0:
             raise ValueError(f"beta and ssim_weight must be >= 0, got {self.beta}, {self.ssim_weight}")
 
@@ -180,7 +188,11 @@ def vae_loss(cfg: VAEConfig, x: torch.Tensor, recon: torch.Tensor, mu: torch.Ten
     """
     sq = (recon - x).pow(2).flatten(1).sum(1)  # (B,)
     kl = kl_per_dim(mu, logvar).sum(1)  # (B,)
-    loss = sq + cfg.beta * kl
+    if cfg.recon == "sigma_vae":  # NLL with the optimal per-crop variance, up to a constant
+        nll = 0.5 * cfg.input_dim * torch.log(sq / cfg.input_dim + 1e-6)
+    else:
+        nll = sq
+    loss = nll + cfg.beta * kl
     if cfg.ssim_weight > 0:
         from pytorch_msssim import ssim
 

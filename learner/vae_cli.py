@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     t.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds")
     t.add_argument("--beta", type=float, default=0.1)
     t.add_argument("--ssim-weight", type=float, default=0.0)
+    t.add_argument("--recon", choices=("sse", "sigma_vae"), default="sse")
+    t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
     t.add_argument("--extra-blocks", type=int, default=0)
     t.add_argument("--widths", default="16,32,64", help="comma-separated encoder widths")
     t.add_argument("--latent-dim", type=int, default=64)
@@ -90,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rollout.images import load_crop_set
 
     cfg = VAEConfig(widths=tuple(int(w) for w in args.widths.split(",")), latent_dim=args.latent_dim,
-                    extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight)
+                    extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight,
+                    recon=args.recon)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        threads=args.threads, time_limit_s=args.time_limit)
     if args.smoke:
@@ -100,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from learner.vae import TinyVAE
 
     print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}")
-    model, rows = train(cfg, tcfg, arrays["train_crops"])
+    model, rows = train(cfg, tcfg, arrays["train_crops"], init=args.init)
     finish_checkpoint(args.out, model, tcfg, vq_cfg, arrays["train_crops"], rows,
                       data={"path": str(args.data), "counts": manifest["counts"]})
     print(f"checkpoint -> {args.out}")

@@ -93,13 +93,15 @@ def train_step(model: TinyVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> d
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray,
-          log=print) -> tuple[TinyVAE, list[dict]]:
-    """Train a fresh TinyVAE on uint8 crops (N, H, W, 3); return it and its log rows."""
+def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray, log=print,
+          init: Path | None = None) -> tuple[TinyVAE, list[dict]]:
+    """Train a TinyVAE on uint8 crops (N, H, W, 3), fresh or from checkpoint ``init``."""
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
     model = TinyVAE(cfg)
+    if init is not None:
+        model.load_state_dict(load_checkpoint(init)[0].state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     data = to_tensor(train_crops)  # (N, 3, H, W)
     rows, start = [], time.perf_counter()

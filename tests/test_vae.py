@@ -95,11 +95,13 @@ def test_ssim_term_and_beta_enter_the_loss(crops):
     with_kl = vae_loss(VAEConfig(beta=0.1), x, recon, mu, logvar)["loss"]
     with_ssim = vae_loss(VAEConfig(beta=0.0, ssim_weight=1.0), x, recon, mu, logvar)["loss"]
     assert with_kl > plain and with_ssim > plain
+    sigma = VAEConfig(recon="sigma_vae")
+    assert vae_loss(sigma, x, x, mu, logvar)["loss"] < vae_loss(sigma, x, recon, mu, logvar)["loss"]
 
 
 @pytest.mark.parametrize("kwargs,match", [({"widths": (16, 30, 64)}, "groups"),
                                           ({"image_size": 60}, "divisible"),
-                                          ({"beta": -1.0}, "beta")])
+                                          ({"beta": -1.0}, "beta"), ({"recon": "l1"}, "recon")])
 def test_config_errors_are_actionable(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**kwargs)
