@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _passive_threads()
     import dataclasses
 
-    from learner.vae import VAEConfig, num_params
+    from learner.vae import TinyVAE, VAEConfig, num_params
     from learner.vae_train import TrainConfig, finish_checkpoint, train
     from learner.vae_vq import VQConfig
     from rollout.images import load_crop_set
@@ -100,8 +100,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg = dataclasses.replace(tcfg, steps=20, batch_size=16, warmup=5, log_every=5)
     vq_cfg = VQConfig(num_codes=args.vq_codes, group_dim=args.vq_group_dim)
     arrays, manifest = load_crop_set(args.data)
-    from learner.vae import TinyVAE
-
     print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}")
     model, rows = train(cfg, tcfg, arrays["train_crops"], init=args.init)
     finish_checkpoint(args.out, model, tcfg, vq_cfg, arrays["train_crops"], rows,

@@ -84,3 +84,10 @@ def test_save_load_round_trip(tmp_path, crop_set):
     assert man == manifest and all(np.array_equal(back[k], arrays[k]) for k in arrays)
     with pytest.raises(FileNotFoundError, match="vae data"):
         im.load_crop_set(tmp_path / "missing")
+
+
+def test_without_apt_it_warns_and_falls_back_to_scikit_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(im.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="scikit-image"):
+        sources = im.gather_sources(use_apt=True, cache=tmp_path)
+    assert {s.origin.split(".")[0] for s in sources} == {"skimage"}
