@@ -1,7 +1,7 @@
 """``tinycompress demo``: the main job end to end on the embedded default.
 
-For now (the gym issue): generate the data, score the rule-based baseline on test and
-held-out, and print the figures the models will have to beat.
+Generate the data (or reuse it), score the rule-based baseline on test and held-out, then
+evaluate the shipped 10m warm-start compressor on the first test intents beside it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+SHIPPED_COMPRESSOR = Path(__file__).resolve().parent.parent / "serve" / "assets" / "compressor_10m"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,6 +35,16 @@ def _demo(args: argparse.Namespace) -> int:
         rows = read_split(out, split).to_pylist()
         figures[f"baseline_{split}"] = evaluate_compressor(
             baseline.compress, rows, lambda t: count_tokens(tok, t))
+    if args.model_rows and SHIPPED_COMPRESSOR.exists():
+        import torch
+
+        from learner.evaluate import evaluate_checkpoint
+
+        torch.set_num_threads(1)  # fastest at batch 1 on a small, possibly busy machine
+        log(f"evaluating the shipped 10m compressor on the first {args.model_rows} test intents")
+        report = evaluate_checkpoint(SHIPPED_COMPRESSOR, out, "test", limit=args.model_rows)
+        figures["compressor_10m_test"] = report["model"]
+        figures["baseline_same_rows"] = report["baseline"]
     print(json.dumps(figures, indent=2))
     return 0
 
@@ -43,4 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=10000, help="intents in train+val+test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true", help="regenerate the data even if present")
+    p.add_argument("--model-rows", type=int, default=200,
+                   help="test intents to run the shipped compressor on (0 = skip the model)")
     p.set_defaults(func=_demo)

@@ -89,9 +89,11 @@ def test_cli_data_baseline_and_demo_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["n"] == 30 and 0 <= result["pass_rate"] <= 1 and "p95" in result["latency_ms"]
-    proc = _cli("demo", "--out", str(out))
+    proc = _cli("demo", "--out", str(out), "--model-rows", "3")
     assert proc.returncode == 0, proc.stderr
-    assert {"baseline_test", "baseline_heldout"} <= set(json.loads(proc.stdout))
+    demo = json.loads(proc.stdout)
+    assert {"baseline_test", "baseline_heldout", "compressor_10m_test"} <= set(demo)
+    assert demo["compressor_10m_test"]["n"] == 3
 
 
 def test_cli_reports_missing_data_clearly(tmp_path):
