@@ -211,3 +211,19 @@ def test_the_shipped_10m_checkpoint_compresses_fresh_intents():
     out = Sampler(model, tok, max_new_tokens=96).sample([e.intent for e in examples], 1, greedy=True)
     passed = [v.validate(p, ir.canonical(e.meaning, cb)).valid for p, e in zip(out.texts, examples)]
     assert sum(passed) / len(passed) >= 0.8, list(zip(out.texts, passed))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sft_step_and_sampling_on_the_gpu(data, tmp_path):
+    trainer = SFTTrainer(RunConfig.from_dict(TINY), data, tmp_path / "ck", device="cuda", log=lambda m: None)
+    assert trainer.bf16 == torch.cuda.is_bf16_supported()
+    batch = collate(trainer.train[:8], trainer.tok.pad_token_id)
+    first = trainer.step(batch)
+    for _ in range(5):
+        last = trainer.step(batch)
+    assert last < first
+    out = Sampler(trainer.model.eval(), trainer.tok, max_new_tokens=8).sample(["check rule 3"], 2)
+    n = int(out.lengths[0])
+    ref = sequence_logprobs(trainer.model, out.prompt_ids[0], out.completion_ids[0, :n].tolist())
+    assert torch.allclose(ref, out.logprobs[0, :n], atol=1e-3)
