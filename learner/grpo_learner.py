@@ -1,0 +1,146 @@
+"""The GRPO learner as a plain class: scored rollouts in, one policy update out.
+
+The Ray learner actor (issue 4) is a thin shell over :class:`GRPOLearner`. It re-scores the
+sampled completions under the current weights (same temperature as the sampler), takes the
+sampler's log-probs as the old policy, computes group advantages from the rewards, and
+applies :func:`learner.grpo.grpo_loss`. Weights leave as one versioned flat buffer of numpy
+arrays (zero-copy through Ray's object store), never one message per parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from learner.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
+from rollout.sampler import RolloutBatch
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    lr: float = 1e-5
+    """AdamW learning rate for the policy."""
+    beta: float = 0.0
+    """Weight of the k3 KL to the frozen reference (0 = no reference model kept)."""
+    eps_low: float = 0.2
+    """Lower clip range of the importance ratio."""
+    eps_high: float = 0.28
+    """Upper clip range ("clip-higher", DAPO)."""
+    loss_type: str = "dapo"
+    """Aggregation: grpo, bnpo, dr_grpo or dapo (as TRL's loss_type)."""
+    scale: str = "group"
+    """Advantage scaling: group, batch or none."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs are taken at the same temperature."""
+    max_completion_length: int = 96
+    """Longest completion; dr_grpo's normalizer."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
+        if self.lr <= 0 or self.temperature <= 0 or self.beta < 0:
+            raise ValueError("grpo.lr and grpo.temperature must be > 0 and grpo.beta >= 0")
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch with its rewards: the learner's input contract."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor  # (B*G,) float32, prompt-major like rollout rows
+    valid: torch.Tensor  # (B*G,) bool, passed the validator
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Versioned flat weights: every parameter as a contiguous numpy array."""
+
+    version: int
+    arrays: dict[str, np.ndarray]
+
+
+def sequence_batch(rollout: RolloutBatch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(input_ids, attention_mask, prompt_width): left-padded prompts + completions, (N, P+T)."""
+    g = rollout.group_size
+    width = max(len(p) for p in rollout.prompt_ids)
+    n, t = rollout.completion_ids.shape
+    ids = torch.full((n, width + t), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width + t), dtype=torch.long)
+    for row in range(n):
+        prompt = rollout.prompt_ids[row // g]
+        ids[row, width - len(prompt) : width] = torch.tensor(prompt)
+        attn[row, width - len(prompt) : width] = 1
+    ids[:, width:] = rollout.completion_ids
+    attn[:, width:] = rollout.mask.long()
+    return ids, attn, width
+
+
+class GRPOLearner:
+    """Holds the policy, its optimizer, and optionally a frozen reference copy."""
+
+    def __init__(self, model, tokenizer, cfg: GRPOConfig, device: str | torch.device = "cpu"):
+        self.cfg, self.tok, self.device = cfg, tokenizer, torch.device(device)
+        self.model = model.to(self.device)
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.version = 0
+
+    def completion_logprobs(self, model, rollout: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs, entropy), both (N, T), of the sampled completions under ``model``."""
+        ids, attn, width = sequence_batch(rollout, self.tok.pad_token_id)
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
+        logits = logits[:, width - 1 : -1].float() / self.cfg.temperature  # (N, T, V)
+        logp_all = logits.log_softmax(-1)
+        target = rollout.completion_ids.to(self.device)
+        logp = logp_all.gather(-1, target[..., None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy.detach()
+
+    def update(self, batch: ScoredBatch) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns the loss and its metrics."""
+        ro, cfg = batch.rollout, self.cfg
+        self.model.train()
+        logp, entropy = self.completion_logprobs(self.model, ro)
+        ref_logp = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp, _ = self.completion_logprobs(self.ref, ro)
+        adv = group_advantages(batch.rewards.float(), ro.group_size, cfg.scale).to(self.device)
+        loss, metrics = grpo_loss(
+            logp, ro.logprobs.to(self.device), ref_logp, adv, ro.mask.to(self.device),
+            cfg.loss_type, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.max_completion_length,
+            entropy=entropy,
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.version += 1
+        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm),
+                "reward_mean": float(batch.rewards.mean()), "valid_rate": float(batch.valid.float().mean()),
+                "policy_version": self.version, **metrics}
+
+    def weights(self) -> WeightsRef:
+        """The current weights as one versioned flat buffer of numpy arrays."""
+        arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in self.model.state_dict().items()}
+        return WeightsRef(self.version, arrays)
+
+
+def load_weights(model, ref: WeightsRef) -> None:
+    """Copy a :class:`WeightsRef` into ``model`` in place (a rollout worker's side of the sync)."""
+    state = model.state_dict()
+    missing = set(state) - set(ref.arrays)
+    if missing:
+        raise KeyError(f"weights version {ref.version} lacks {sorted(missing)[:3]}...")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            tensor.copy_(torch.from_numpy(ref.arrays[name]))

@@ -1,0 +1,63 @@
+"""The plain GRPO learner: old log-probs, one update, weight sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, load_weights
+from learner.policy import PRESETS, build_policy
+from rollout.dataset import build_dataset
+from rollout.sampler import Sampler
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo_data")
+    build_dataset(out, n=60, seed=3, progress=lambda m: None, paraphrases=0)
+    return AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+
+
+def _scored(model, tok, temperature=1.0):
+    sampler = Sampler(model, tok, max_new_tokens=10, temperature=temperature)
+    ro = sampler.sample(["check contract rule 3 in the build", "waive invariant 7"], 4,
+                        generator=torch.Generator().manual_seed(0))
+    rewards = torch.arange(8, dtype=torch.float32) % 3  # distinct within each group
+    return ScoredBatch(ro, rewards, rewards > 0)
+
+
+def test_learner_recomputes_the_samplers_logprobs(tok):
+    model = build_policy(PRESETS["tiny"], tok, seed=0).eval()
+    batch = _scored(model, tok, temperature=0.7)
+    learner = GRPOLearner(model, tok, GRPOConfig(temperature=0.7))
+    with torch.no_grad():
+        logp, _ = learner.completion_logprobs(model.eval(), batch.rollout)
+    mask = batch.rollout.mask
+    assert torch.allclose(logp[mask], batch.rollout.logprobs[mask], atol=1e-4)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_one_update_changes_every_parameter_with_a_finite_loss(tok, beta):
+    model = build_policy(PRESETS["tiny"], tok, seed=1)
+    batch = _scored(model.eval(), tok)
+    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-3, beta=beta))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = learner.update(batch)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["policy_version"] == 1
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
+    assert not unchanged, unchanged
+    assert ("kl" in metrics) == (beta > 0) and "entropy" in metrics
+
+
+def test_weights_sync_to_a_rollout_copy(tok):
+    model = build_policy(PRESETS["tiny"], tok, seed=2)
+    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-3))
+    learner.update(_scored(model.eval(), tok))
+    worker = build_policy(PRESETS["tiny"], tok, seed=99).eval()
+    ref = learner.weights()
+    assert ref.version == 1 and all(a.flags["C_CONTIGUOUS"] for a in ref.arrays.values())
+    load_weights(worker, ref)
+    ids = torch.tensor([[tok.bos_token_id, 7, 8, tok.sep_token_id]])
+    with torch.no_grad():
+        assert torch.equal(worker(ids).logits, learner.model.eval()(ids).logits)
