@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "cluster.demo",
     "sft": "learner.cli",
     "eval": "learner.cli",
+    "train": "cluster.train_cli",
     "vae": "learner.vae_cli",
 }
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from learner.grpo_learner import GRPOConfig
 from learner.policy import PRESETS, PolicyConfig
 
 
@@ -92,9 +93,49 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The distributed GRPO run (``tinycompress train``)."""
+
+    steps: int = 200
+    """GRPO steps (one update each)."""
+    prompts_per_step: int = 16
+    """Intents per step (B); split evenly across the rollout workers."""
+    group_size: int = 8
+    """Completions per intent (G); GRPO compares them within the group."""
+    rollout_workers: int = 2
+    """Rollout worker actors."""
+    validator_actors: int = 2
+    """Validator actors in the scoring pool."""
+    max_new_tokens: int = 96
+    """Longest sampled program."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    eval_every: int = 25
+    """Steps between greedy evaluations on val."""
+    eval_samples: int = 200
+    """Val intents in each evaluation."""
+    seed: int = 0
+    """Seed for the data order and sampling."""
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"train.group_size must be >= 2 (got {self.group_size}): GRPO's "
+                             "advantage compares completions within a group")
+        if self.prompts_per_step < 1 or self.rollout_workers < 1 or self.validator_actors < 1:
+            raise ValueError("train.prompts_per_step, train.rollout_workers and train.validator_actors must be >= 1")
+        if self.prompts_per_step % self.rollout_workers:
+            raise ValueError(f"train.prompts_per_step ({self.prompts_per_step}) must be divisible by "
+                             f"train.rollout_workers ({self.rollout_workers})")
+        if self.steps < 1 or self.eval_every < 1 or self.eval_samples < 1:
+            raise ValueError("train.steps, train.eval_every and train.eval_samples must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:

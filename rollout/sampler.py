@@ -134,3 +134,25 @@ def sequence_logprobs(model, prompt_ids: list[int], completion: list[int], tempe
     ids = torch.tensor([prompt_ids + completion], device=device)
     logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
     return logits.log_softmax(-1).gather(-1, torch.tensor(completion, device=device)[:, None]).squeeze(1).cpu()
+
+
+def merge_rollouts(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Concatenate rollout batches (same group size) in order; padding beyond ``mask`` is 0."""
+    if len({b.group_size for b in batches}) != 1:
+        raise ValueError("cannot merge rollouts with different group sizes")
+    width = max(b.completion_ids.shape[1] for b in batches)
+
+    def pad(t: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return RolloutBatch(
+        prompts=[p for b in batches for p in b.prompts],
+        prompt_ids=[p for b in batches for p in b.prompt_ids],
+        completion_ids=torch.cat([pad(b.completion_ids, 0) for b in batches]),
+        logprobs=torch.cat([pad(b.logprobs, 0.0) for b in batches]),
+        mask=torch.cat([pad(b.mask, False) for b in batches]),
+        lengths=torch.cat([b.lengths for b in batches]),
+        texts=[t for b in batches for t in b.texts],
+        group_size=batches[0].group_size,
+        policy_version=min(b.policy_version for b in batches),
+    )

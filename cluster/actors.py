@@ -1,0 +1,52 @@
+"""Ray actor shells: resource options and forwarding only (the logic is in plain classes)."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, WeightsRef
+from learner.policy import load_policy, policy_config_from_meta, save_policy
+from rollout.worker import RolloutWorker
+
+
+@ray.remote(num_cpus=0.5, max_restarts=0)
+class RolloutActor:
+    def __init__(self, checkpoint: str, **kwargs):
+        self.worker = RolloutWorker(checkpoint, **kwargs)
+
+    def generate(self, intents: list[str], group_size: int):
+        return self.worker.generate(intents, group_size)
+
+    def greedy(self, intents: list[str]) -> list[str]:
+        return self.worker.sampler.sample(intents, 1, greedy=True).texts
+
+    def set_weights(self, weights: WeightsRef) -> int:
+        return self.worker.set_weights(weights.version, weights.arrays)
+
+    def version(self) -> int:
+        return self.worker.version
+
+
+@ray.remote(num_cpus=0.5, max_restarts=0)
+class LearnerActor:
+    def __init__(self, checkpoint: str, cfg: GRPOConfig, threads: int = 1):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        model, tok, self.meta = load_policy(checkpoint, device=device)
+        self.learner = GRPOLearner(model, tok, cfg, device=device)
+
+    def update(self, batch: ScoredBatch) -> dict:
+        return self.learner.update(batch)
+
+    def weights(self) -> WeightsRef:
+        return self.learner.weights()
+
+    def device(self) -> str:
+        return str(self.learner.device)
+
+    def save(self, path: str, meta: dict) -> str:
+        cfg = policy_config_from_meta(self.meta)
+        save_policy(self.learner.model, self.learner.tok, cfg, path, {**meta, "policy_version": self.learner.version})
+        return path
