@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import ray
 import torch
+from safetensors.torch import load_file, save_file
 
 from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, WeightsRef
 from learner.policy import load_policy, policy_config_from_meta, save_policy
@@ -27,6 +30,14 @@ class RolloutActor:
     def version(self) -> int:
         return self.worker.version
 
+    def rng_state(self) -> torch.Tensor:
+        return self.worker.generator.get_state()
+
+    def restore(self, version: int, rng_state: torch.Tensor) -> int:
+        self.worker.generator.set_state(rng_state)
+        self.worker.version = version
+        return version
+
 
 @ray.remote(num_cpus=0.5, max_restarts=0)
 class LearnerActor:
@@ -46,7 +57,18 @@ class LearnerActor:
     def device(self) -> str:
         return str(self.learner.device)
 
-    def save(self, path: str, meta: dict) -> str:
+    def save(self, path: str, meta: dict, with_optimizer: bool = False) -> str:
         cfg = policy_config_from_meta(self.meta)
         save_policy(self.learner.model, self.learner.tok, cfg, path, {**meta, "policy_version": self.learner.version})
+        if with_optimizer:
+            tensors, opt_meta = self.learner.optimizer_state()
+            save_file(tensors, f"{path}/optimizer.safetensors")
+            with open(f"{path}/optimizer.json", "w") as fh:
+                json.dump(opt_meta, fh)
         return path
+
+    def load_optimizer(self, path: str) -> int:
+        with open(f"{path}/optimizer.json") as fh:
+            meta = json.load(fh)
+        self.learner.load_optimizer_state(load_file(f"{path}/optimizer.safetensors"), meta)
+        return self.learner.version

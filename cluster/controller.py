@@ -9,12 +9,14 @@ as one versioned flat numpy buffer put once in the object store.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
 
 import ray
 import torch
+from safetensors.torch import load_file, save_file
 
 from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig
@@ -26,10 +28,12 @@ from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator
 
 TIMEOUT_S = 600
+LEARNER_CPUS, WORKER_CPUS, VALIDATOR_CPUS = 0.5, 0.5, 0.25  # logical; sized so 2 CPUs hold a run
 
 
 class GRPOController:
-    def __init__(self, cfg: RunConfig, data_dir: str | Path, init: str | Path, out: str | Path, log=print):
+    def __init__(self, cfg: RunConfig, data_dir: str | Path, init: str | Path, out: str | Path,
+                 log=print, resume: bool = False):
         self.cfg, self.t = cfg, cfg.train
         self.data_dir, self.out, self.log = Path(data_dir), Path(out), log
         self.out.mkdir(parents=True, exist_ok=True)
@@ -37,9 +41,22 @@ class GRPOController:
         self.val_rows = read_split(self.data_dir, "val").to_pylist()[: self.t.eval_samples]
         self.order = list(range(len(self.train_rows)))
         random.Random(self.t.seed).shuffle(self.order)
-        self.position, self.step = 0, 0
+        self.position, self.step, self.best = 0, 0, -1.0
+        saved = latest_checkpoint(self.out) if resume else None
+        if resume and saved is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
+        init = saved or init
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
         learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {}
+        need = (0.01 if gpu else LEARNER_CPUS) + WORKER_CPUS * self.t.rollout_workers \
+            + VALIDATOR_CPUS * self.t.validator_actors
+        free = _free_cpus_within(need, seconds=30.0)  # actors just killed free their CPUs lazily
+        if need > free + 1e-9:
+            raise RuntimeError(
+                f"this run needs {need:g} logical CPUs (learner {LEARNER_CPUS}, {self.t.rollout_workers} "
+                f"rollout workers x {WORKER_CPUS}, {self.t.validator_actors} validators x {VALIDATOR_CPUS}) "
+                f"but the cluster has {free:g} free: lower train.rollout_workers / train.validator_actors "
+                "or start Ray with more (logical) CPUs")
         self.learner = LearnerActor.options(**learner_opts).remote(str(init), cfg.grpo)
         self.workers = [
             RolloutActor.remote(str(init), temperature=cfg.grpo.temperature, top_p=self.t.top_p,
@@ -48,8 +65,40 @@ class GRPOController:
         ]
         self.pool = ValidatorPool(num_actors=self.t.validator_actors, timeout_s=60.0,
                                   token_counter=TokenCounter(self.data_dir / "tokenizer"),
-                                  actor_options={"num_cpus": 0.25})
+                                  actor_options={"num_cpus": VALIDATOR_CPUS})
         self.validator = Validator()
+        if saved is not None:
+            self._restore(saved)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Policy + optimizer (safetensors), state.json, sampler RNG; then the latest pointer."""
+        path = self.out / "checkpoints" / f"step_{self.step:06d}"
+        ray.get(self.learner.save.remote(str(path), {"stage": "grpo", "step": self.step}, True),
+                timeout=TIMEOUT_S)
+        rngs = ray.get([w.rng_state.remote() for w in self.workers], timeout=TIMEOUT_S)
+        save_file({f"worker{i}": r for i, r in enumerate(rngs)}, str(path / "rng.safetensors"))
+        state = {"step": self.step, "position": self.position, "order": self.order,
+                 "best_val_pass_rate": self.best, "seed": self.t.seed}
+        (path / "state.json").write_text(json.dumps(state))
+        tmp = self.out / "checkpoints" / "latest.tmp"
+        tmp.write_text(path.name)
+        os.replace(tmp, self.out / "checkpoints" / "latest")  # atomic: a kill leaves the old one
+        return path
+
+    def _restore(self, path: Path) -> None:
+        state = json.loads((path / "state.json").read_text())
+        self.step, self.position, self.order = state["step"], state["position"], state["order"]
+        self.best = state["best_val_pass_rate"]
+        version = ray.get(self.learner.load_optimizer.remote(str(path)), timeout=TIMEOUT_S)
+        rngs = load_file(str(path / "rng.safetensors"))
+        ray.get([w.restore.remote(version, rngs[f"worker{i}"]) for i, w in enumerate(self.workers)],
+                timeout=TIMEOUT_S)
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop lines of steps after the checkpoint: they will be redone
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        self.log(f"[grpo] resumed from {path} at step {self.step}, policy version {version}")
 
     # ---- phases -------------------------------------------------------------------------
     def next_batch(self) -> list[dict]:
@@ -113,21 +162,43 @@ class GRPOController:
                 "samples_per_s": len(rollout.texts) / (t4 - t0)}
 
     def run(self) -> dict:
-        best = -1.0
         with open(self.out / "metrics.jsonl", "a") as fh:
-            for _ in range(self.t.steps):
+            while self.step < self.t.steps:
                 m = self.train_step()
                 if self.step % self.t.eval_every == 0 or self.step == self.t.steps:
                     m.update(self.evaluate())
-                    if m["val_pass_rate"] > best:
-                        best = m["val_pass_rate"]
+                    if m["val_pass_rate"] > self.best:
+                        self.best = m["val_pass_rate"]
                         ray.get(self.learner.save.remote(str(self.out / "best"), {"stage": "grpo", "step": self.step,
-                                "val_pass_rate": best}), timeout=TIMEOUT_S)
+                                "val_pass_rate": self.best}), timeout=TIMEOUT_S)
                 fh.write(json.dumps(m) + "\n")
                 fh.flush()
+                if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
+                    self.save_checkpoint()
                 self.log(f"[grpo] step {m['step']}: reward {m['reward_mean']:+.3f} pass {m['pass_rate']:.3f} "
                          f"tokens {m['ir_tokens']:.1f} kl {m.get('kl', 0.0):.4f} time {m['step_time']:.2f}s"
                          + (f" | val pass {m['val_pass_rate']:.3f} tokens {m['val_ir_tokens']:.2f}"
                             if "val_pass_rate" in m else ""))
+        self.shutdown()
+        return {"steps": self.step, "best_val_pass_rate": self.best}
+
+    def shutdown(self) -> None:
+        """Release every actor this controller started (their CPUs go back to the cluster)."""
         self.pool.shutdown()
-        return {"steps": self.step, "best_val_pass_rate": best}
+        for actor in [self.learner, *self.workers]:
+            ray.kill(actor)
+
+
+def _free_cpus_within(need: float, seconds: float) -> float:
+    """Free logical CPUs, waiting up to ``seconds`` for ``need`` of them."""
+    deadline = time.monotonic() + seconds
+    while True:
+        free = ray.available_resources().get("CPU", 0.0)
+        if free + 1e-9 >= need or time.monotonic() > deadline:
+            return free
+        time.sleep(0.5)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = Path(out) / "checkpoints" / "latest"
+    return pointer.parent / pointer.read_text().strip() if pointer.exists() else None

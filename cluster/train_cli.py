@@ -24,7 +24,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     try:
-        ctl = GRPOController(cfg, args.data, args.init, args.out,
+        ctl = GRPOController(cfg, args.data, args.init, args.out, resume=args.resume,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
         cfg.to_yaml(f"{args.out}/config.yaml")
         result = ctl.run()
@@ -39,5 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
     p.add_argument("--init", required=True, help="warm-start checkpoint (e.g. serve/assets/compressor_10m)")
-    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, best/, config.yaml")
+    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, best/, checkpoints/, config.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/latest")
     p.set_defaults(func=_train)

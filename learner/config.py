@@ -114,6 +114,8 @@ class TrainConfig:
     """Steps between greedy evaluations on val."""
     eval_samples: int = 200
     """Val intents in each evaluation."""
+    checkpoint_every: int = 25
+    """Steps between resumable checkpoints (policy, optimizer, RNG, data position, version)."""
     seed: int = 0
     """Seed for the data order and sampling."""
 
@@ -126,8 +128,8 @@ class TrainConfig:
         if self.prompts_per_step % self.rollout_workers:
             raise ValueError(f"train.prompts_per_step ({self.prompts_per_step}) must be divisible by "
                              f"train.rollout_workers ({self.rollout_workers})")
-        if self.steps < 1 or self.eval_every < 1 or self.eval_samples < 1:
-            raise ValueError("train.steps, train.eval_every and train.eval_samples must be >= 1")
+        if min(self.steps, self.eval_every, self.eval_samples, self.checkpoint_every) < 1:
+            raise ValueError("train.steps, eval_every, eval_samples and checkpoint_every must be >= 1")
 
 
 @dataclass(frozen=True)

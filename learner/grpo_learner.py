@@ -129,6 +129,27 @@ class GRPOLearner:
                 "reward_mean": float(batch.rewards.mean()), "valid_rate": float(batch.valid.float().mean()),
                 "policy_version": self.version, **metrics}
 
+    def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """AdamW state as named tensors (for safetensors) plus JSON-able hyperparameters."""
+        names = [n for n, _ in self.model.named_parameters()]
+        sd = self.opt.state_dict()
+        tensors = {}
+        for idx, st in sd["state"].items():
+            for key, value in st.items():
+                tensors[f"{names[idx]}::{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1).clone() \
+                    if key == "step" else value.detach().cpu().contiguous()
+        return tensors, {"param_groups": sd["param_groups"], "version": self.version}
+
+    def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        names = [n for n, _ in self.model.named_parameters()]
+        state: dict[int, dict] = {}
+        for idx, name in enumerate(names):
+            keys = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.split("::", 1)[0] == name}
+            if keys:
+                state[idx] = {k: (v.reshape(()) if k == "step" else v.to(self.device)) for k, v in keys.items()}
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.version = int(meta["version"])
+
     def weights(self) -> WeightsRef:
         """The current weights as one versioned flat buffer of numpy arrays."""
         arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in self.model.state_dict().items()}

@@ -5,6 +5,8 @@ The Ray actor (``cluster/actors.py``) is a thin shell over :class:`RolloutWorker
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -32,7 +34,9 @@ class RolloutWorker:
     def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> int:
         """Copy a flat weight buffer in (zero-copy numpy from the object store)."""
         state = self.model.state_dict()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the object store hands out read-only arrays; they are only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             for name, tensor in state.items():
                 tensor.copy_(torch.from_numpy(arrays[name]))
         self.version = version

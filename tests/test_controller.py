@@ -45,3 +45,31 @@ def test_two_synchronous_grpo_steps(ray_local, setup):
         assert all(r[k] >= 0 for k in ("t_generate", "t_score", "t_update", "t_sync"))
         assert -3 < r["reward_mean"] < 1 and r["loss"] == r["loss"]  # finite, not NaN
     assert "val_pass_rate" in rows[-1] and (setup / "run" / "best" / "model.safetensors").exists()
+
+
+def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
+    from cluster.controller import GRPOController, latest_checkpoint
+
+    raw = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
+           "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
+                     "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50,
+                     "eval_samples": 2, "checkpoint_every": 1}}
+    out = setup / "resumable"
+    first = GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", out, log=lambda m: None)
+    first.run()
+    saved = json.loads((latest_checkpoint(out) / "state.json").read_text())
+    assert saved["step"] == 2 and saved["position"] == 4
+    with open(out / "metrics.jsonl", "a") as fh:  # a step logged after the checkpoint, then a kill
+        fh.write(json.dumps({"step": 3}) + "\n")
+    raw["train"]["steps"] = 3
+    second = GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", out,
+                            log=lambda m: None, resume=True)
+    assert (second.step, second.position, second.order) == (2, 4, saved["order"])
+    assert ray.get(second.workers[0].version.remote()) == 2
+    second.run()
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3], "no step lost or repeated"
+    assert rows[-1]["policy_version"] == 3 and second.position == 6
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", setup / "empty",
+                       log=lambda m: None, resume=True)
