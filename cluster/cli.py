@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> module that defines ``register(subparsers)``
@@ -40,6 +41,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before torch loads: idle OpenMP threads sleep instead of spinning, which on a busy
+    # 2-core machine made 2-thread CPU work several times slower (docs/VAE.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     rc = args.func(args)
