@@ -63,8 +63,9 @@ class GRPOController:
                                 max_new_tokens=self.t.max_new_tokens, seed=self.t.seed + i)
             for i in range(self.t.rollout_workers)
         ]
+        self.counter = TokenCounter(self.data_dir / "tokenizer")
         self.pool = ValidatorPool(num_actors=self.t.validator_actors, timeout_s=60.0,
-                                  token_counter=TokenCounter(self.data_dir / "tokenizer"),
+                                  token_counter=self.counter,
                                   actor_options={"num_cpus": VALIDATOR_CPUS})
         self.validator = Validator()
         if saved is not None:
@@ -137,8 +138,7 @@ class GRPOController:
     def evaluate(self) -> dict:
         texts = ray.get(self.workers[0].greedy.remote([r["intent"] for r in self.val_rows]), timeout=TIMEOUT_S)
         reports = [self.validator.validate(p, r["reference_hash"]) for p, r in zip(texts, self.val_rows)]
-        counter = TokenCounter(self.data_dir / "tokenizer")
-        tokens = counter(texts)
+        tokens = self.counter(texts)
         return {"val_pass_rate": sum(r.valid for r in reports) / len(reports),
                 "val_ir_tokens": sum(tokens) / len(tokens)}
 

@@ -154,14 +154,3 @@ class GRPOLearner:
         """The current weights as one versioned flat buffer of numpy arrays."""
         arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in self.model.state_dict().items()}
         return WeightsRef(self.version, arrays)
-
-
-def load_weights(model, ref: WeightsRef) -> None:
-    """Copy a :class:`WeightsRef` into ``model`` in place (a rollout worker's side of the sync)."""
-    state = model.state_dict()
-    missing = set(state) - set(ref.arrays)
-    if missing:
-        raise KeyError(f"weights version {ref.version} lacks {sorted(missing)[:3]}...")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            tensor.copy_(torch.from_numpy(ref.arrays[name]))

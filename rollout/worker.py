@@ -33,11 +33,19 @@ class RolloutWorker:
 
     def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> int:
         """Copy a flat weight buffer in (zero-copy numpy from the object store)."""
-        state = self.model.state_dict()
-        with torch.no_grad(), warnings.catch_warnings():
-            # the object store hands out read-only arrays; they are only read here
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            for name, tensor in state.items():
-                tensor.copy_(torch.from_numpy(arrays[name]))
+        copy_weights(self.model, arrays)
         self.version = version
         return version
+
+
+def copy_weights(model, arrays: dict[str, np.ndarray]) -> None:
+    """Copy named numpy arrays into ``model``'s parameters and buffers, in place."""
+    state = model.state_dict()
+    missing = sorted(set(state) - set(arrays))
+    if missing:
+        raise KeyError(f"weights lack {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    with torch.no_grad(), warnings.catch_warnings():
+        # the object store hands out read-only arrays; they are only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for name, tensor in state.items():
+            tensor.copy_(torch.from_numpy(arrays[name]))

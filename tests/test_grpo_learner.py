@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, load_weights
+from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
 from learner.policy import PRESETS, build_policy
 from rollout.dataset import build_dataset
 from rollout.sampler import Sampler
+from rollout.worker import copy_weights
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_weights_sync_to_a_rollout_copy(tok):
     worker = build_policy(PRESETS["tiny"], tok, seed=99).eval()
     ref = learner.weights()
     assert ref.version == 1 and all(a.flags["C_CONTIGUOUS"] for a in ref.arrays.values())
-    load_weights(worker, ref)
+    copy_weights(worker, ref.arrays)
     ids = torch.tensor([[tok.bos_token_id, 7, 8, tok.sep_token_id]])
     with torch.no_grad():
         assert torch.equal(worker(ids).logits, learner.model.eval()(ids).logits)
