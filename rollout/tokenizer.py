@@ -58,4 +58,4 @@ def load_bpe(path: str | Path) -> Tokenizer:
 
 def count_tokens(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
     """Token counts without special tokens."""
-    return [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    return [len(e) for e in tok.encode_batch_fast(list(texts), add_special_tokens=False)]

@@ -33,6 +33,7 @@ class Codebook:
     contexts: tuple[str, ...]
     default_context: str
     unary_ops: dict[str, str]  # symbol -> action, e.g. "?" -> "check"
+    action_symbols: dict[str, str]  # action -> symbol, the bare action -> ""
     bare_action: str  # action of a term with no unary operator
     symbols: dict[str, str]  # role -> symbol: all, and, or, path, context, output, alias
     entries: dict[str, dict[int, Entry]]  # radical -> number -> entry (numbered radicals only)
@@ -50,9 +51,7 @@ class Codebook:
 
     def action_symbol(self, action: str) -> str:
         """Inverse of ``unary_ops``: "check" -> "?", the bare action -> ""."""
-        if action == self.bare_action:
-            return ""
-        return next(sym for sym, act in self.unary_ops.items() if act == action)
+        return self.action_symbols[action]
 
 
 def _build(raw: dict) -> Codebook:
@@ -69,13 +68,15 @@ def _build(raw: dict) -> Codebook:
                 int(n): Entry(letter, int(n), e["summary"], e["text"]) for n, e in table.items()
             }
     paths = raw["paths"]
+    unary = {s: o["action"] for s, o in ops.items() if o["kind"] == "unary"}
     return Codebook(
         raw=raw,
         version=raw["version"],
         radicals=dict(raw["radicals"]),
         contexts=tuple(raw["contexts"]),
         default_context=raw["default_context"],
-        unary_ops={s: o["action"] for s, o in ops.items() if o["kind"] == "unary"},
+        unary_ops=unary,
+        action_symbols={**{a: sym for sym, a in unary.items()}, raw["bare_action"]: ""},
         bare_action=raw["bare_action"],
         symbols=symbols,
         entries=entries,

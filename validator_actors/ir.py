@@ -329,9 +329,17 @@ def meaning(s: Surface, cb: Codebook | None = None) -> Meaning:
     )
 
 
+_ATOM_TEXT: dict[tuple[int, Atom], str] = {}
+
+
 def atom_text(a: Atom, cb: Codebook) -> str:
-    radical, number, action = a
-    return f"{radical}{'' if number is None else number}{cb.action_symbol(action)}"
+    """``C3?`` for ("C", 3, "check"); memoized, atoms are few and printed often."""
+    key = (id(cb), a)
+    text = _ATOM_TEXT.get(key)
+    if text is None:
+        radical, number, action = a
+        text = _ATOM_TEXT[key] = f"{radical}{'' if number is None else number}{cb.action_symbol(action)}"
+    return text
 
 
 def _print_output(path: str, cb: Codebook, short: bool) -> str:
@@ -356,13 +364,11 @@ def canonical(m: Meaning, cb: Codebook | None = None) -> str:
 
 def _collapse(clause: tuple[Atom, ...], cb: Codebook) -> list[str]:
     """Print a clause, writing R*op for every complete numbered set that shares an action."""
-    present = set(clause)
-    full = {
-        (r, act)
-        for r in cb.entries
-        for act in _ACTIONS
-        if all((r, n, act) in present for n in cb.numbers(r))
-    }
+    counts: dict[tuple[str, str], int] = {}
+    for radical, number, action in clause:  # atoms in a clause are distinct
+        if number is not None:
+            counts[(radical, action)] = counts.get((radical, action), 0) + 1
+    full = {key for key, n in counts.items() if n == len(cb.entries[key[0]])}
     out: list[str] = []
     for a in clause:
         radical, number, action = a
