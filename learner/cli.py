@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -13,7 +14,7 @@ def _sft(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_yaml(args.config)
     if args.max_steps is not None:
-        cfg = RunConfig(model=cfg.model, sft=type(cfg.sft)(**{**cfg.sft.__dict__, "max_steps": args.max_steps}))
+        cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=args.max_steps))
     trainer = SFTTrainer(cfg, args.data, args.out, device=args.device,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     result = trainer.fit()

@@ -13,7 +13,7 @@ and ``<|eos|>`` only.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ class PolicyConfig:
             raise ValueError(f"d_enc must be in 1..hidden_size ({self.hidden_size}), got {self.d_enc}")
 
     def with_(self, **changes) -> PolicyConfig:
-        return PolicyConfig(**{**asdict(self), **changes})
+        return replace(self, **changes)  # re-runs __post_init__ checks
 
 
 PRESETS: dict[str, PolicyConfig] = {
