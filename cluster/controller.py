@@ -1,75 +1,102 @@
 """The GRPO controller: sample -> score -> update -> sync -> log, one short function a phase.
 
-Synchronous mode: each step's rollouts come from the policy the learner just published.
 Rollout workers and the learner are Ray actors (the learner takes the GPU when the cluster
 has one), scoring goes through the validator actor pool, and new weights reach every worker
 as one versioned flat numpy buffer put once in the object store.
+
+Two modes (``train.mode``):
+
+* ``sync``: each step's rollouts come from the policy the learner just published.
+* ``async``: step t+1's rollouts are generated while step t trains. Ray runs an actor's calls
+  in order, so the weight sync queued behind that generation reaches the workers before the
+  generation of step t+2: rollouts lag the learner by exactly one policy version (``staleness``).
+
+A rollout worker that dies is replaced (fresh actor, the learner's current weights) and its
+shard regenerated; a validator actor that dies is replaced by the pool. Either way the step
+completes with every group scored once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
 import torch
+from ray.exceptions import RayActorError
 from safetensors.torch import load_file, save_file
 
 from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
+from rollout.rewrite import minimal_rewrites
 from rollout.sampler import RolloutBatch, merge_rollouts
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
-from validator_actors.validator import Validator
+from validator_actors.validator import Score, Validator, score
 
 TIMEOUT_S = 600
 LEARNER_CPUS, WORKER_CPUS, VALIDATOR_CPUS = 0.5, 0.5, 0.25  # logical; sized so 2 CPUs hold a run
 
+EvalCallback = Callable[[dict, "Path | None"], "bool | None"]
+
 
 class GRPOController:
+    """Drives one GRPO run. ``on_eval(metrics, checkpoint_or_None)`` is called after each
+    evaluation (and the checkpoint of that step, if one was due); returning True stops the run."""
+
     def __init__(self, cfg: RunConfig, data_dir: str | Path, init: str | Path, out: str | Path,
-                 log=print, resume: bool = False):
+                 log=print, resume: bool = False, resume_from: str | Path | None = None,
+                 on_eval: EvalCallback | None = None, check_cpus: bool = True):
         self.cfg, self.t = cfg, cfg.train
-        self.data_dir, self.out, self.log = Path(data_dir), Path(out), log
+        self.data_dir, self.out, self.log, self.on_eval = Path(data_dir), Path(out), log, on_eval
         self.out.mkdir(parents=True, exist_ok=True)
         self.train_rows = read_split(self.data_dir, "train").to_pylist()
         self.val_rows = read_split(self.data_dir, "val").to_pylist()[: self.t.eval_samples]
         self.order = list(range(len(self.train_rows)))
         random.Random(self.t.seed).shuffle(self.order)
-        self.position, self.step, self.best = 0, 0, -1.0
-        saved = latest_checkpoint(self.out) if resume else None
+        self.position, self.step = 0, 0
+        self.best = {"val_reward": -math.inf, "val_pass_rate": -1.0, "step": 0}
+        self.evals_without_gain, self.worker_restarts = 0, 0
+        self.inflight: tuple[list[dict], list, tuple[int, list[int]]] | None = None
+        saved = Path(resume_from) if resume_from else (latest_checkpoint(self.out) if resume else None)
         if resume and saved is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-        init = saved or init
+        self.init = str(saved or init)
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {}
-        need = (0.01 if gpu else LEARNER_CPUS) + WORKER_CPUS * self.t.rollout_workers \
-            + VALIDATOR_CPUS * self.t.validator_actors
-        free = _free_cpus_within(need, seconds=30.0)  # actors just killed free their CPUs lazily
-        if need > free + 1e-9:
-            raise RuntimeError(
-                f"this run needs {need:g} logical CPUs (learner {LEARNER_CPUS}, {self.t.rollout_workers} "
-                f"rollout workers x {WORKER_CPUS}, {self.t.validator_actors} validators x {VALIDATOR_CPUS}) "
-                f"but the cluster has {free:g} free: lower train.rollout_workers / train.validator_actors "
-                "or start Ray with more (logical) CPUs")
-        self.learner = LearnerActor.options(**learner_opts).remote(str(init), cfg.grpo)
-        self.workers = [
-            RolloutActor.remote(str(init), temperature=cfg.grpo.temperature, top_p=self.t.top_p,
-                                max_new_tokens=self.t.max_new_tokens, seed=self.t.seed + i)
-            for i in range(self.t.rollout_workers)
-        ]
+        self.learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {"num_cpus": LEARNER_CPUS}
+        if check_cpus:
+            _check_cpus(self.learner_opts["num_cpus"], self.t.rollout_workers, self.t.validator_actors)
+        self.learner = LearnerActor.options(**self.learner_opts).remote(self.init, cfg.grpo)
+        self.workers = [self._new_worker(i) for i in range(self.t.rollout_workers)]
         self.counter = TokenCounter(self.data_dir / "tokenizer")
         self.pool = ValidatorPool(num_actors=self.t.validator_actors, timeout_s=60.0,
                                   token_counter=self.counter,
                                   actor_options={"num_cpus": VALIDATOR_CPUS})
         self.validator = Validator()
+        self.tokenizer = None
+        if self.t.minimal_rewrites:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.init)
         if saved is not None:
             self._restore(saved)
+        self.tb = None
+        if self.t.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
+
+    def _new_worker(self, i: int):
+        return RolloutActor.options(num_cpus=WORKER_CPUS).remote(
+            self.init, temperature=self.cfg.grpo.temperature, top_p=self.t.top_p,
+            max_new_tokens=self.t.max_new_tokens, seed=self.t.seed + i + 1000 * self.worker_restarts)
 
     # ---- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -79,8 +106,11 @@ class GRPOController:
                 timeout=TIMEOUT_S)
         rngs = ray.get([w.rng_state.remote() for w in self.workers], timeout=TIMEOUT_S)
         save_file({f"worker{i}": r for i, r in enumerate(rngs)}, str(path / "rng.safetensors"))
-        state = {"step": self.step, "position": self.position, "order": self.order,
-                 "best_val_pass_rate": self.best, "seed": self.t.seed}
+        # async: the batch already drawn for the next step is not trained on yet; a resumed run
+        # draws it again, so the data position saved is the one before it
+        position, order = self.inflight[2] if self.inflight else (self.position, self.order)
+        state = {"step": self.step, "position": position, "order": order, "best": self.best,
+                 "evals_without_gain": self.evals_without_gain, "seed": self.t.seed}
         (path / "state.json").write_text(json.dumps(state))
         tmp = self.out / "checkpoints" / "latest.tmp"
         tmp.write_text(path.name)
@@ -90,11 +120,11 @@ class GRPOController:
     def _restore(self, path: Path) -> None:
         state = json.loads((path / "state.json").read_text())
         self.step, self.position, self.order = state["step"], state["position"], state["order"]
-        self.best = state["best_val_pass_rate"]
+        self.best, self.evals_without_gain = state["best"], state["evals_without_gain"]
         version = ray.get(self.learner.load_optimizer.remote(str(path)), timeout=TIMEOUT_S)
         rngs = load_file(str(path / "rng.safetensors"))
-        ray.get([w.restore.remote(version, rngs[f"worker{i}"]) for i, w in enumerate(self.workers)],
-                timeout=TIMEOUT_S)
+        ray.get([w.restore.remote(version, rngs[f"worker{i}"]) for i, w in enumerate(self.workers)
+                 if f"worker{i}" in rngs], timeout=TIMEOUT_S)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop lines of steps after the checkpoint: they will be redone
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
@@ -112,91 +142,204 @@ class GRPOController:
             self.position += 1
         return rows
 
-    def sample(self, rows: list[dict]) -> RolloutBatch:
+    def submit(self, rows: list[dict]) -> list:
+        """Start generation: one shard of ``rows`` per rollout worker (refs, not results)."""
         per = len(rows) // len(self.workers)
-        refs = [w.generate.remote([r["intent"] for r in rows[i * per : (i + 1) * per]], self.t.group_size)
+        return [w.generate.remote([r["intent"] for r in rows[i * per : (i + 1) * per]], self.t.group_size)
                 for i, w in enumerate(self.workers)]
-        return merge_rollouts(ray.get(refs, timeout=TIMEOUT_S))
 
-    def score(self, rows: list[dict], rollout: RolloutBatch) -> ScoredBatch:
+    def collect(self, rows: list[dict], refs: list) -> RolloutBatch:
+        """Wait for every shard; a shard whose worker died is regenerated on a replacement."""
+        per = len(rows) // len(self.workers)
+        shards = []
+        for i, ref in enumerate(refs):
+            for attempt in range(3):
+                try:
+                    shards.append(ray.get(ref, timeout=TIMEOUT_S))
+                    break
+                except RayActorError as e:
+                    if attempt == 2:
+                        raise
+                    self.log(f"[grpo] rollout worker {i} died ({type(e).__name__}); restarting it")
+                    self.workers[i] = self._restart_worker(i)
+                    ref = self.workers[i].generate.remote(
+                        [r["intent"] for r in rows[i * per : (i + 1) * per]], self.t.group_size)
+        return merge_rollouts(shards)
+
+    def _restart_worker(self, i: int):
+        ray.kill(self.workers[i])
+        self.worker_restarts += 1
+        worker = self._new_worker(i)
+        worker.set_weights.remote(self.learner.weights.remote())  # runs before anything queued after
+        return worker
+
+    def sample(self, rows: list[dict]) -> RolloutBatch:
+        return self.collect(rows, self.submit(rows))
+
+    def score(self, rows: list[dict], rollout: RolloutBatch) -> tuple[ScoredBatch, list[Score]]:
         g = self.t.group_size
         intents = [r["intent"] for r in rows for _ in range(g)]
         refs = [r["reference_hash"] for r in rows for _ in range(g)]
         scores = self.pool.score(intents, rollout.texts, refs)
+        if self.t.minimal_rewrites:
+            rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
+                                                 self.counter)
+            redo = score([intents[i] for i in replaced], [rollout.texts[i] for i in replaced],
+                         [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
+            for i, s in zip(replaced, redo):
+                scores[i] = Score(i, s.reward, s.valid, s.codes, s.tokens, s.hash, s.warnings)
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
-        self.last_ir_tokens = sum(s.tokens for s in scores) / len(scores)
-        return ScoredBatch(rollout, rewards, valid)
+        return ScoredBatch(rollout, rewards, valid), scores
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)
 
-    def sync(self) -> int:
+    def sync(self, wait: bool = True) -> int | None:
+        """Publish the learner's weights once; every worker copies them in its call order.
+
+        ``wait=False`` (async) returns once the weights are in the object store: the copies
+        run on each worker after the generation already queued there."""
         weights = self.learner.weights.remote()  # one object in the store, read by every worker
-        return min(ray.get([w.set_weights.remote(weights) for w in self.workers], timeout=TIMEOUT_S))
+        refs = [w.set_weights.remote(weights) for w in self.workers]
+        if not wait:
+            ray.wait([weights], timeout=TIMEOUT_S)
+            return None
+        versions = []
+        for i, ref in enumerate(refs):
+            try:
+                versions.append(ray.get(ref, timeout=TIMEOUT_S))
+            except RayActorError:  # replaced, with the newest weights, when its next shard fails
+                self.log(f"[grpo] rollout worker {i} died during the weight sync")
+        return min(versions, default=None)
 
     def evaluate(self) -> dict:
         texts = ray.get(self.workers[0].greedy.remote([r["intent"] for r in self.val_rows]), timeout=TIMEOUT_S)
-        reports = [self.validator.validate(p, r["reference_hash"]) for p, r in zip(texts, self.val_rows)]
-        tokens = self.counter(texts)
-        return {"val_pass_rate": sum(r.valid for r in reports) / len(reports),
-                "val_ir_tokens": sum(tokens) / len(tokens)}
+        scores = score([r["intent"] for r in self.val_rows], texts, [r["reference_hash"] for r in self.val_rows],
+                       validator=self.validator, token_counter=self.counter)
+        n = len(scores)
+        return {"val_pass_rate": sum(s.valid for s in scores) / n,
+                "val_ir_tokens": sum(s.tokens for s in scores) / n,
+                "val_reward": sum(s.reward for s in scores) / n}
 
     # ---- loop ---------------------------------------------------------------------------
-    def train_step(self) -> dict:
-        t0 = time.perf_counter()
+    def _draw(self) -> tuple[list[dict], list, tuple[int, list[int]]]:
+        before = (self.position, list(self.order))
         rows = self.next_batch()
-        rollout = self.sample(rows)
+        return rows, self.submit(rows), before
+
+    def train_step(self) -> dict:
+        """One step; async mode starts the next step's generation before this update."""
+        t0 = time.perf_counter()
+        rows, refs, _ = self.inflight or self._draw()
+        self.inflight = None
+        rollout = self.collect(rows, refs)
         t1 = time.perf_counter()
-        batch = self.score(rows, rollout)
+        batch, scores = self.score(rows, rollout)
         t2 = time.perf_counter()
-        metrics = self.update(batch)
+        if self.t.mode == "async":
+            update_ref = self.learner.update.remote(batch)
+            if self.step + 1 < self.t.steps:
+                self.inflight = self._draw()  # generates under the weights the workers hold now
+            metrics = ray.get(update_ref, timeout=TIMEOUT_S)
+        else:
+            metrics = self.update(batch)
         t3 = time.perf_counter()
-        version = self.sync()
+        version = self.sync(wait=self.t.mode == "sync")
         t4 = time.perf_counter()
         self.step += 1
+        staleness = metrics["policy_version"] - 1 - rollout.policy_version
+        if staleness > self.t.max_staleness:  # the one-deep pipeline cannot do this; fail loudly
+            raise RuntimeError(f"rollouts lag the learner by {staleness} versions (max {self.t.max_staleness})")
         return {"step": self.step, "pass_rate": float(batch.valid.float().mean()),
-                "ir_tokens": self.last_ir_tokens, **metrics,
-                "worker_version": version, "t_generate": t1 - t0, "t_score": t2 - t1,
-                "t_update": t3 - t2, "t_sync": t4 - t3, "step_time": t4 - t0,
-                "samples_per_s": len(rollout.texts) / (t4 - t0)}
+                "ir_tokens": sum(s.tokens for s in scores) / len(scores), **metrics,
+                "rollout_version": rollout.policy_version, "staleness": staleness,
+                **({"worker_version": version} if version is not None else {}),
+                "rewrites": int(rollout.offpolicy.sum()) if rollout.offpolicy is not None else 0,
+                "worker_restarts": self.worker_restarts, "validator_restarts": self.pool.stats.restarts,
+                "t_generate": t1 - t0, "t_score": t2 - t1, "t_update": t3 - t2, "t_sync": t4 - t3,
+                "step_time": t4 - t0, "samples_per_s": len(rollout.texts) / (t4 - t0)}
+
+    def _after_eval(self, m: dict) -> bool:
+        """Track the best val reward (pass rate, then shorter programs); True on a plateau."""
+        if m["val_reward"] > self.best["val_reward"] + 1e-9:
+            self.best = {"val_reward": m["val_reward"], "val_pass_rate": m["val_pass_rate"],
+                         "val_ir_tokens": m["val_ir_tokens"], "step": self.step}
+            self.evals_without_gain = 0
+            ray.get(self.learner.save.remote(str(self.out / "best"), {"stage": "grpo", **self.best}),
+                    timeout=TIMEOUT_S)
+        else:
+            self.evals_without_gain += 1
+        return 0 < self.t.patience <= self.evals_without_gain
 
     def run(self) -> dict:
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            while self.step < self.t.steps:
-                m = self.train_step()
-                if self.step % self.t.eval_every == 0 or self.step == self.t.steps:
-                    m.update(self.evaluate())
-                    if m["val_pass_rate"] > self.best:
-                        self.best = m["val_pass_rate"]
-                        ray.get(self.learner.save.remote(str(self.out / "best"), {"stage": "grpo", "step": self.step,
-                                "val_pass_rate": self.best}), timeout=TIMEOUT_S)
-                fh.write(json.dumps(m) + "\n")
-                fh.flush()
-                if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps:
-                    self.save_checkpoint()
-                self.log(f"[grpo] step {m['step']}: reward {m['reward_mean']:+.3f} pass {m['pass_rate']:.3f} "
-                         f"tokens {m['ir_tokens']:.1f} kl {m.get('kl', 0.0):.4f} time {m['step_time']:.2f}s"
-                         + (f" | val pass {m['val_pass_rate']:.3f} tokens {m['val_ir_tokens']:.2f}"
-                            if "val_pass_rate" in m else ""))
-        self.shutdown()
-        return {"steps": self.step, "best_val_pass_rate": self.best}
+        stop_reason = "steps"
+        try:
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                while self.step < self.t.steps:
+                    m = self.train_step()
+                    evaluated = self.step % self.t.eval_every == 0 or self.step == self.t.steps
+                    plateau = False
+                    if evaluated:
+                        m.update(self.evaluate())
+                        plateau = self._after_eval(m)
+                    fh.write(json.dumps(m) + "\n")
+                    fh.flush()
+                    self._tensorboard(m)
+                    saved = None
+                    if self.step % self.t.checkpoint_every == 0 or self.step == self.t.steps or plateau:
+                        saved = self.save_checkpoint()
+                    self.log(_progress_line(m, self.t.steps))
+                    if evaluated and self.on_eval is not None and self.on_eval(m, saved):
+                        stop_reason = "callback"
+                        break
+                    if plateau:
+                        stop_reason = "plateau"
+                        self.log(f"[grpo] val reward has not improved for {self.evals_without_gain} "
+                                 f"evaluations (patience {self.t.patience}): stopping")
+                        break
+        finally:
+            self.shutdown()
+        return {"steps": self.step, "stop_reason": stop_reason, "best_step": self.best["step"],
+                "best_val_reward": self.best["val_reward"], "best_val_pass_rate": self.best["val_pass_rate"]}
+
+    def _tensorboard(self, m: dict) -> None:
+        if self.tb is None:
+            return
+        for key, value in m.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, self.step)
+        self.tb.flush()
 
     def shutdown(self) -> None:
         """Release every actor this controller started (their CPUs go back to the cluster)."""
+        if self.tb is not None:
+            self.tb.close()
         self.pool.shutdown()
         for actor in [self.learner, *self.workers]:
             ray.kill(actor)
 
 
-def _free_cpus_within(need: float, seconds: float) -> float:
-    """Free logical CPUs, waiting up to ``seconds`` for ``need`` of them."""
-    deadline = time.monotonic() + seconds
-    while True:
-        free = ray.available_resources().get("CPU", 0.0)
-        if free + 1e-9 >= need or time.monotonic() > deadline:
-            return free
+def _progress_line(m: dict, steps: int) -> str:
+    line = (f"[grpo] step {m['step']}/{steps}: reward {m['reward_mean']:+.3f} pass {m['pass_rate']:.3f} "
+            f"tokens {m['ir_tokens']:.2f} kl {m.get('kl', 0.0):.4f} entropy {m.get('entropy', 0.0):.4f} "
+            f"lag {m['staleness']} time {m['step_time']:.2f}s")
+    if "val_pass_rate" in m:
+        line += f" | val pass {m['val_pass_rate']:.3f} tokens {m['val_ir_tokens']:.2f} reward {m['val_reward']:+.4f}"
+    return line
+
+
+def _check_cpus(learner_cpus: float, workers: int, validators: int, wait_s: float = 30.0) -> None:
+    """Fail at start, with the arithmetic, when the cluster cannot hold the run's actors."""
+    need = learner_cpus + WORKER_CPUS * workers + VALIDATOR_CPUS * validators
+    deadline = time.monotonic() + wait_s  # actors just killed free their CPUs lazily
+    while (free := ray.available_resources().get("CPU", 0.0)) + 1e-9 < need and time.monotonic() < deadline:
         time.sleep(0.5)
+    if need > free + 1e-9:
+        raise RuntimeError(
+            f"this run needs {need:g} logical CPUs (learner {learner_cpus:g}, {workers} rollout workers x "
+            f"{WORKER_CPUS}, {validators} validators x {VALIDATOR_CPUS}) but the cluster has {free:g} free: "
+            "lower train.rollout_workers / train.validator_actors or start Ray with more (logical) CPUs")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

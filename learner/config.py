@@ -118,8 +118,28 @@ class TrainConfig:
     """Steps between resumable checkpoints (policy, optimizer, RNG, data position, version)."""
     seed: int = 0
     """Seed for the data order and sampling."""
+    mode: str = "sync"
+    """sync: each step samples with the newest weights. async: the next step's rollouts are
+    generated while this step trains (one policy version of lag, logged as ``staleness``)."""
+    max_staleness: int = 1
+    """Async only: the most policy versions a batch's rollouts may lag the learner (>= 1)."""
+    patience: int = 0
+    """Stop after this many evaluations without a better val reward (0 = never)."""
+    minimal_rewrites: int = 0
+    """Group members replaced by the IR-minimal rewrite of the group's best valid sample (0 = off)."""
+    tensorboard: bool = True
+    """Also write every metric to RUN/tensorboard."""
 
     def __post_init__(self):
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"train.mode must be sync or async, got {self.mode!r}")
+        if self.max_staleness < 1:
+            raise ValueError("train.max_staleness must be >= 1 (for no lag use train.mode: sync)")
+        if self.patience < 0:
+            raise ValueError("train.patience must be >= 0 (0 = never stop early)")
+        if not 0 <= self.minimal_rewrites < self.group_size:
+            raise ValueError(f"train.minimal_rewrites must be in [0, group_size) = [0, {self.group_size}), "
+                             f"got {self.minimal_rewrites}")
         if self.group_size < 2:
             raise ValueError(f"train.group_size must be >= 2 (got {self.group_size}): GRPO's "
                              "advantage compares completions within a group")

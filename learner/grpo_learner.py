@@ -115,8 +115,12 @@ class GRPOLearner:
             with torch.no_grad():
                 ref_logp, _ = self.completion_logprobs(self.ref, ro)
         adv = group_advantages(batch.rewards.float(), ro.group_size, cfg.scale).to(self.device)
+        old_logp = ro.logprobs.to(self.device)
+        if ro.offpolicy is not None and bool(ro.offpolicy.any()):
+            # rows the sampler did not draw (IR rewrites) have no behaviour log-probs: ratio 1
+            old_logp = torch.where(ro.offpolicy.to(self.device)[:, None], logp.detach(), old_logp)
         loss, metrics = grpo_loss(
-            logp, ro.logprobs.to(self.device), ref_logp, adv, ro.mask.to(self.device),
+            logp, old_logp, ref_logp, adv, ro.mask.to(self.device),
             cfg.loss_type, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.max_completion_length,
             entropy=entropy,
         )

@@ -27,6 +27,7 @@ class RolloutBatch:
     texts: list[str]  # B*G decoded programs (no special tokens)
     group_size: int
     policy_version: int
+    offpolicy: torch.Tensor | None = None  # (B*G,) bool: rows not drawn from the policy (rewrites)
 
     @property
     def num_tokens(self) -> int:
@@ -155,4 +156,7 @@ def merge_rollouts(batches: list[RolloutBatch]) -> RolloutBatch:
         texts=[t for b in batches for t in b.texts],
         group_size=batches[0].group_size,
         policy_version=min(b.policy_version for b in batches),
+        offpolicy=None if all(b.offpolicy is None for b in batches) else torch.cat(
+            [b.offpolicy if b.offpolicy is not None else torch.zeros(len(b.texts), dtype=torch.bool)
+             for b in batches]),
     )

@@ -1,0 +1,81 @@
+"""IR rewrites as exploration guidance for GRPO: the validator knows shortcuts the policy never samples.
+
+The warm-started policy is so peaked (entropy about 0.002 nats per token) that sampling at
+T = 1 almost never drops a default phase, the ``_runs/`` prefix or lists every invariant
+instead of ``I*``, so plain GRPO sees no shorter valid program to reinforce. After scoring,
+:func:`minimal_rewrites` replaces the ``k`` worst members of a group with the IR-minimal form
+(``ir.minimal``) of the group's best valid sample, when that form is shorter. The learner treats
+those rows as off-policy (importance ratio 1): a policy-gradient push towards a program the
+validator has already proven equivalent, weighted by its group advantage like any sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rollout.sampler import RolloutBatch
+from validator_actors.ir import IRSyntaxError, meaning, minimal, parse
+from validator_actors.validator import Score
+
+
+def minimal_form(program: str) -> str | None:
+    """The shortest printing of ``program``'s meaning, or None if it does not parse."""
+    try:
+        return minimal(meaning(parse(program)))
+    except (IRSyntaxError, ValueError, KeyError):
+        return None
+
+
+def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, k: int,
+                     count_tokens: Callable[[Sequence[str]], list[int]]) -> tuple[RolloutBatch, list[int]]:
+    """A copy of ``rollout`` with up to ``k`` rows per group replaced by a shorter rewrite.
+
+    Returns (batch, replaced row indices). A group is left alone when it has no valid sample,
+    when the minimal form is not shorter (in IR tokens) than its best sample, or when the
+    rewrite is already among its samples. The replaced rows are the lowest-reward ones.
+    """
+    g = rollout.group_size
+    if k <= 0:
+        return rollout, []
+    if k >= g:
+        raise ValueError(f"k ({k}) must be smaller than the group size ({g})")
+    plans: dict[int, str] = {}
+    for start in range(0, len(scores), g):
+        group = list(scores[start : start + g])
+        valid = [s for s in group if s.valid]
+        if not valid:
+            continue
+        best = max(valid, key=lambda s: (s.reward, -s.index))
+        rewrite = minimal_form(rollout.texts[best.index])
+        if rewrite is None or rewrite in rollout.texts[start : start + g]:
+            continue
+        if count_tokens([rewrite])[0] >= best.tokens:
+            continue
+        for s in sorted(group, key=lambda s: (s.reward, s.index))[:k]:
+            plans[s.index] = rewrite
+    if not plans:
+        return rollout, []
+    rows = sorted(plans)
+    encoded = {text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+               for text in set(plans.values())}
+    width = max(rollout.completion_ids.shape[1], *(len(v) for v in encoded.values()))
+    pad = width - rollout.completion_ids.shape[1]
+    ids = torch.nn.functional.pad(rollout.completion_ids, (0, pad), value=tokenizer.pad_token_id)
+    logprobs = torch.nn.functional.pad(rollout.logprobs, (0, pad), value=0.0)
+    mask = torch.nn.functional.pad(rollout.mask, (0, pad), value=False)
+    lengths, texts = rollout.lengths.clone(), list(rollout.texts)
+    offpolicy = (rollout.offpolicy.clone() if rollout.offpolicy is not None
+                 else torch.zeros(len(texts), dtype=torch.bool))
+    for row in rows:
+        seq = encoded[plans[row]]
+        ids[row] = tokenizer.pad_token_id
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row] = False
+        mask[row, : len(seq)] = True
+        logprobs[row] = 0.0
+        lengths[row], texts[row], offpolicy[row] = len(seq), plans[row], True
+    out = RolloutBatch(rollout.prompts, rollout.prompt_ids, ids, logprobs, mask, lengths, texts,
+                       rollout.group_size, rollout.policy_version, offpolicy)
+    return out, rows
