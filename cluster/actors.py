@@ -30,6 +30,9 @@ class RolloutActor:
     def version(self) -> int:
         return self.worker.version
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def rng_state(self) -> torch.Tensor:
         return self.worker.generator.get_state()
 
@@ -56,6 +59,9 @@ class LearnerActor:
 
     def device(self) -> str:
         return str(self.learner.device)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
     def save(self, path: str, meta: dict, with_optimizer: bool = False) -> str:
         cfg = policy_config_from_meta(self.meta)

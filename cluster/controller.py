@@ -94,7 +94,8 @@ class GRPOController:
             self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
 
     def _new_worker(self, i: int):
-        return RolloutActor.options(num_cpus=WORKER_CPUS).remote(
+        resources = {self.t.rollout_resource: 0.01} if self.t.rollout_resource else None
+        return RolloutActor.options(num_cpus=WORKER_CPUS, resources=resources).remote(
             self.init, temperature=self.cfg.grpo.temperature, top_p=self.t.top_p,
             max_new_tokens=self.t.max_new_tokens, seed=self.t.seed + i + 1000 * self.worker_restarts)
 
@@ -251,11 +252,12 @@ class GRPOController:
         staleness = metrics["policy_version"] - 1 - rollout.policy_version
         if staleness > self.t.max_staleness:  # the one-deep pipeline cannot do this; fail loudly
             raise RuntimeError(f"rollouts lag the learner by {staleness} versions (max {self.t.max_staleness})")
-        return {"step": self.step, "pass_rate": float(batch.valid.float().mean()),
-                "ir_tokens": sum(s.tokens for s in scores) / len(scores), **metrics,
+        sampled = [s for s in scores if batch.rollout.offpolicy is None or not batch.rollout.offpolicy[s.index]]
+        return {"step": self.step, "pass_rate": sum(s.valid for s in sampled) / len(sampled),
+                "ir_tokens": sum(s.tokens for s in sampled) / len(sampled), **metrics,
                 "rollout_version": rollout.policy_version, "staleness": staleness,
                 **({"worker_version": version} if version is not None else {}),
-                "rewrites": int(rollout.offpolicy.sum()) if rollout.offpolicy is not None else 0,
+                "rewrites": int(batch.rollout.offpolicy.sum()) if batch.rollout.offpolicy is not None else 0,
                 "worker_restarts": self.worker_restarts, "validator_restarts": self.pool.stats.restarts,
                 "t_generate": t1 - t0, "t_score": t2 - t1, "t_update": t3 - t2, "t_sync": t4 - t3,
                 "step_time": t4 - t0, "samples_per_s": len(rollout.texts) / (t4 - t0)}
@@ -323,7 +325,7 @@ class GRPOController:
 def _progress_line(m: dict, steps: int) -> str:
     line = (f"[grpo] step {m['step']}/{steps}: reward {m['reward_mean']:+.3f} pass {m['pass_rate']:.3f} "
             f"tokens {m['ir_tokens']:.2f} kl {m.get('kl', 0.0):.4f} entropy {m.get('entropy', 0.0):.4f} "
-            f"lag {m['staleness']} time {m['step_time']:.2f}s")
+            f"rewrites {m['rewrites']} lag {m['staleness']} time {m['step_time']:.2f}s")
     if "val_pass_rate" in m:
         line += f" | val pass {m['val_pass_rate']:.3f} tokens {m['val_ir_tokens']:.2f} reward {m['val_reward']:+.4f}"
     return line

@@ -18,7 +18,11 @@ def _train(args: argparse.Namespace) -> int:
     from cluster.controller import GRPOController
     from learner.config import RunConfig
 
-    cfg = RunConfig.from_yaml(args.config)
+    try:  # a bad config fails here, before any Ray process starts
+        cfg = RunConfig.from_yaml(args.config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tinycompress train: bad config: {e}", file=sys.stderr)
+        return 2
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:

@@ -129,6 +129,9 @@ class TrainConfig:
     """Group members replaced by the IR-minimal rewrite of the group's best valid sample (0 = off)."""
     tensorboard: bool = True
     """Also write every metric to RUN/tensorboard."""
+    rollout_resource: str | None = None
+    """A custom Ray resource each rollout worker asks for (0.01 of it), to pin the workers to the
+    nodes started with it, e.g. ``ray start --resources='{"rollout": 100}'`` (None = anywhere)."""
 
     def __post_init__(self):
         if self.mode not in ("sync", "async"):

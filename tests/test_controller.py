@@ -73,3 +73,65 @@ def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", setup / "empty",
                        log=lambda m: None, resume=True)
+
+
+def _tiny(**train) -> RunConfig:
+    base = {"steps": 3, "prompts_per_step": 4, "group_size": 2, "rollout_workers": 2, "validator_actors": 1,
+            "max_new_tokens": 12, "eval_every": 50, "eval_samples": 4, "checkpoint_every": 50,
+            "tensorboard": False}
+    return RunConfig.from_dict({"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
+                                "train": {**base, **train}})
+
+
+def test_async_mode_trains_on_rollouts_one_version_old(ray_local, setup):
+    from cluster.controller import GRPOController
+
+    ctl = GRPOController(_tiny(mode="async"), setup / "data", setup / "init", setup / "async", log=lambda m: None)
+    ctl.run()
+    rows = [json.loads(line) for line in open(setup / "async" / "metrics.jsonl")]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    assert [r["rollout_version"] for r in rows] == [0, 0, 1], "generated while the previous step trained"
+    assert [r["staleness"] for r in rows] == [0, 1, 1]
+    assert ctl.position == 3 * 4, "no batch drawn beyond the last step"
+
+
+def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
+    """Kill a rollout worker and a validator actor between two steps of a run: the next step
+    completes with every sample scored exactly once, and the run goes on."""
+    from cluster.controller import GRPOController
+
+    ctl = GRPOController(_tiny(steps=3), setup / "data", setup / "init", setup / "faults", log=lambda m: None)
+    ctl.train_step()
+    captured = []
+    score = ctl.score
+    ctl.score = lambda rows, ro: captured.append(score(rows, ro)) or captured[-1]
+    ray.kill(ctl.workers[0])
+    ray.kill(ctl.pool.actors[0])
+    m = ctl.train_step()
+    _, scores = captured[0]
+    assert sorted(s.index for s in scores) == list(range(4 * 2)), "every sample scored once"
+    assert not any({"VALIDATOR_CRASH", "VALIDATOR_TIMEOUT"} & set(s.codes) for s in scores)
+    assert m["worker_restarts"] == 1 and m["validator_restarts"] >= 1 and m["policy_version"] == 2
+    ctl.train_step()  # the replacement worker holds the learner's weights and keeps going
+    assert ctl.step == 3
+    assert ray.get(ctl.workers[0].version.remote(), timeout=60) == 3
+    ctl.shutdown()
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"group_size": 1}, "train.group_size must be >= 2"),
+    ({"prompts_per_step": 5, "rollout_workers": 2}, "must be divisible by train.rollout_workers"),
+    ({"stepz": 3}, "unknown key train.stepz"),
+    ({"mode": "turbo"}, "train.mode must be sync or async"),
+    ({"minimal_rewrites": 4, "group_size": 4}, "train.minimal_rewrites must be in"),
+])
+def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):
+    import yaml
+
+    from cluster.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "train": train}))
+    rc = main(["train", "--config", str(path), "--data", "nowhere", "--init", "nowhere", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "bad.yaml" in err

@@ -1,0 +1,116 @@
+"""IR-minimal rewrites injected into GRPO groups, and the learner's off-policy rows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
+from learner.policy import PRESETS, build_policy
+from rollout.rewrite import minimal_form, minimal_rewrites
+from rollout.sampler import RolloutBatch, encode_prompts, merge_rollouts
+from validator_actors.tokens import TokenCounter
+from validator_actors.validator import Validator, score
+
+CKPT = "serve/assets/compressor_10m"  # its tokenizer is the dataset's BPE
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(CKPT)
+
+
+@pytest.fixture(scope="module")
+def counter():
+    return TokenCounter(CKPT)
+
+
+def _batch(tok, groups: list[list[str]], intents: list[str]) -> RolloutBatch:
+    texts = [t for g in groups for t in g]
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), True
+    logprobs = -torch.rand(len(seqs), width) * mask
+    return RolloutBatch(intents, encode_prompts(tok, intents, 192), ids, logprobs, mask,
+                        mask.sum(1), texts, len(groups[0]), 3)
+
+
+LONG = "I9&I15:execute>_runs/sprint-293"  # default context and root spelled out
+SHORT = "C11"  # already minimal
+INTENTS = ["uphold invariant nine and invariant 15 for sprint-293", "uphold contract rule 11"]
+
+
+def _scores(batch, counter, refs):
+    return score([batch.prompts[i // batch.group_size] for i in range(len(batch.texts))], batch.texts, [refs[i // batch.group_size] for i in range(len(batch.texts))],
+                 token_counter=counter)
+
+
+def test_the_worst_samples_of_a_group_become_the_minimal_form(tok, counter):
+    v = Validator()
+    refs = [v.validate(LONG).hash, v.validate(SHORT).hash]
+    groups = [[LONG, "I9&I15:execute>_runs/sprint-293&C1", LONG, "I9&"], [SHORT, "C11!", SHORT, "C12"]]
+    batch = _batch(tok, groups, INTENTS)
+    scores = _scores(batch, counter, refs)
+    out, replaced = minimal_rewrites(batch, scores, tok, 2, counter)
+    rewrite = minimal_form(LONG)
+    assert rewrite == "I9&I15>sprint-293" and counter([rewrite])[0] < counter([LONG])[0]
+    assert replaced == [1, 3], "the two failing samples of group 0; group 1 is already minimal"
+    assert v.validate(rewrite, refs[0]).valid, "the rewrite means what the best sample means"
+    for row in replaced:
+        n = int(out.lengths[row])
+        assert out.texts[row] == rewrite and bool(out.offpolicy[row])
+        assert out.completion_ids[row, n - 1] == tok.eos_token_id and int(out.mask[row].sum()) == n
+        assert tok.decode(out.completion_ids[row, : n - 1]).replace(" ", "") == rewrite
+    kept = [i for i in range(8) if i not in replaced]
+    assert [out.texts[i] for i in kept] == [batch.texts[i] for i in kept] and not out.offpolicy[kept].any()
+    assert torch.equal(out.completion_ids[kept, : batch.completion_ids.shape[1]], batch.completion_ids[kept])
+
+
+def test_groups_without_a_valid_sample_are_left_alone(tok, counter):
+    refs = [Validator().validate(LONG).hash]
+    batch = _batch(tok, [["I9&", "C99", "I9&I15:execute>_runs/other", "&&"]], INTENTS[:1])
+    out, replaced = minimal_rewrites(batch, _scores(batch, counter, refs), tok, 1, counter)
+    assert replaced == [] and out is batch
+    with pytest.raises(ValueError, match="smaller than the group size"):
+        minimal_rewrites(batch, _scores(batch, counter, refs), tok, 4, counter)
+
+
+def test_offpolicy_rows_have_importance_ratio_one(tok, counter):
+    """The learner takes current log-probs as the old ones on rewritten rows: the same update
+    as if the sampler had reported exactly those log-probs."""
+    model = build_policy(PRESETS["tiny"], tok, seed=0)
+    v = Validator()
+    batch = _batch(tok, [[LONG, "I9&", LONG, "C1"]], INTENTS[:1])
+    scores = _scores(batch, counter, [v.validate(LONG).hash])
+    out, replaced = minimal_rewrites(batch, scores, tok, 1, counter)
+    rewards = torch.tensor([s.reward for s in score([INTENTS[0]] * 4, out.texts, [v.validate(LONG).hash] * 4,
+                                                    token_counter=counter)])
+    twin = copy.deepcopy(model)
+    a = GRPOLearner(model, tok, GRPOConfig(lr=1e-3))
+    b = GRPOLearner(twin, tok, GRPOConfig(lr=1e-3))
+    with torch.no_grad():
+        current, _ = b.completion_logprobs(twin.eval(), out)
+    exact = copy.copy(out)
+    exact.logprobs = torch.where(out.offpolicy[:, None], current * out.mask, out.logprobs)
+    exact.offpolicy = None
+    ma = a.update(ScoredBatch(out, rewards, rewards > 0))
+    mb = b.update(ScoredBatch(exact, rewards, rewards > 0))
+    assert replaced and ma["loss"] == pytest.approx(mb["loss"], abs=1e-6)
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_merge_keeps_offpolicy_flags(tok, counter):
+    v = Validator()
+    plain = _batch(tok, [[SHORT, SHORT]], INTENTS[1:])
+    batch = _batch(tok, [[LONG, "C1"]], INTENTS[:1])
+    out, _ = minimal_rewrites(batch, _scores(batch, counter, [v.validate(LONG).hash]), tok, 1, counter)
+    merged = merge_rollouts([plain, out])
+    assert merged.offpolicy.tolist() == [False, False, False, True]
+    assert merge_rollouts([plain, plain]).offpolicy is None
