@@ -1,0 +1,94 @@
+"""Process-level faults and placement: a SIGKILLed driver resumes; workers land on a second node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from transformers import AutoTokenizer
+
+from learner.config import RunConfig
+from learner.policy import PRESETS, build_policy, save_policy
+from rollout.dataset import build_dataset
+
+TINY = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
+        "train": {"steps": 12, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
+                  "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50, "eval_samples": 2,
+                  "checkpoint_every": 3, "tensorboard": False}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_faults")
+    build_dataset(root / "data", n=100, seed=5, progress=lambda m: None, paraphrases=0)
+    tok = AutoTokenizer.from_pretrained(str(root / "data" / "tokenizer"))
+    save_policy(build_policy(PRESETS["tiny"], tok), tok, PRESETS["tiny"], root / "init", {"stage": "init"})
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return root
+
+
+def _train(setup: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # embedded Ray
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "train", "--config", str(setup / "tiny.yaml"), "--data",
+         str(setup / "data"), "--init", str(setup / "init"), "--out", str(out), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_a_killed_driver_resumes_from_its_last_checkpoint(setup):
+    out = setup / "killed"
+    first = _train(setup, out)
+    pointer = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not pointer.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)  # the driver dies mid-run, with no chance to clean up
+    first.wait(timeout=60)
+    saved_dir = out / "checkpoints" / pointer.read_text().strip()
+    saved = json.loads((saved_dir / "state.json").read_text())
+    assert 3 <= saved["step"] < 12, "killed after a checkpoint and before the end"
+    assert saved["position"] == 2 * saved["step"]
+
+    second = _train(setup, out, "--resume")
+    stdout, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 13)), "no step lost or repeated"
+    resumed = rows[saved["step"]]  # the first step after the checkpoint
+    assert resumed["policy_version"] == saved["step"] + 1, "same policy version continues"
+    final = json.loads((out / "checkpoints" / "step_000012" / "state.json").read_text())
+    assert final["position"] == 2 * 12 and final["order"] == saved["order"], "no data position lost or repeated"
+    assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 12
+
+
+def test_rollout_workers_are_placed_on_a_second_node(setup):
+    """Two Ray nodes on one machine: rollout workers ask for the second node's resource."""
+    from ray.cluster_utils import Cluster
+
+    from cluster.controller import GRPOController
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "object_store_memory": 256 * 1024**2})
+    rollout_node = cluster.add_node(num_cpus=2, resources={"rollout": 10}, object_store_memory=256 * 1024**2)
+    try:
+        ray.init(address=cluster.address)
+        cfg = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 2, "rollout_workers": 2,
+                                                      "checkpoint_every": 50, "rollout_resource": "rollout"}})
+        ctl = GRPOController(cfg, setup / "data", setup / "init", setup / "multinode", log=lambda m: None)
+        nodes = ray.get([w.node_id.remote() for w in ctl.workers], timeout=120)
+        assert set(nodes) == {rollout_node.node_id} != {cluster.head_node.node_id}
+        result = ctl.run()
+        assert result["steps"] == 2
+        rows = [json.loads(line) for line in open(setup / "multinode" / "metrics.jsonl")]
+        assert [r["worker_version"] for r in rows] == [1, 2], "weights reached the other node"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
