@@ -21,7 +21,9 @@ SUBCOMMANDS: dict[str, str] = {
     "sft": "learner.cli",
     "eval": "learner.cli",
     "train": "cluster.train_cli",
+    "tune": "sweep.cli",
     "vae": "learner.vae_cli",
+    "serve": "serve.cli",
 }
 
 

@@ -1,0 +1,86 @@
+"""``tinycompress serve``: the HTTP service on an embedded Ray instance (or ``RAY_ADDRESS``).
+
+Reads the deployment settings (replicas, autoscaling, queues, batching) from
+``serve/config.yaml``, so the CLI, ``serve run`` and ``serve deploy`` run the same app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+CONFIG = Path(__file__).resolve().parent / "config.yaml"
+APP_NAME = "tinycompress"
+
+
+def load_config(path: str | Path = CONFIG) -> dict:
+    """The one application of a Serve config file: its args and per-deployment options."""
+    raw = yaml.safe_load(Path(path).read_text())
+    apps = raw.get("applications") or []
+    if len(apps) != 1:
+        raise ValueError(f"{path} must hold exactly one application, found {len(apps)}")
+    app = apps[0]
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+    return {"args": app.get("args") or {}, "options": options, "http": raw.get("http_options") or {}}
+
+
+def start(compressor: str | None = None, encoder: str | None = None, host: str = "127.0.0.1",
+          port: int = 8000, config: str | Path = CONFIG, num_cpus: int | None = None) -> str:
+    """Start Ray (if needed) and the app; return its base URL. ``stop()`` undoes it."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    cfg = load_config(config)
+    args = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg["args"].items()}
+    if compressor:
+        args.setdefault("compressor", {})["checkpoint"] = str(Path(compressor).resolve())
+    if encoder:
+        args.setdefault("encoder", {})["checkpoint"] = str(Path(encoder).resolve())
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):  # a running cluster (ray start --head, KubeRay)
+            ray.init(log_to_driver=False)
+        else:  # always a fresh embedded instance, never someone else's cluster on this host
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    http = {**cfg["http"], "host": host, "port": port}
+    serve.start(http_options=http)
+    serve.run(build_app(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    url = start(args.compressor, args.encoder, args.host, args.port, args.config, args.num_cpus)
+    print(f"[serve] listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops", file=sys.stderr, flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    print("[serve] stopping", file=sys.stderr, flush=True)
+    stop()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the compressor and the TinyVAE encoder over HTTP (Ray Serve)")
+    p.add_argument("--compressor", help="policy checkpoint folder (default: serve/assets/compressor_10m)")
+    p.add_argument("--encoder", help="TinyVAE checkpoint folder (default: serve/assets/tinyvae)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--config", default=str(CONFIG), help="Serve config file with the deployment settings")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray instance (default: all)")
+    p.set_defaults(func=_serve)

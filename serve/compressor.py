@@ -1,0 +1,203 @@
+"""The served compressor: sample candidates, validate them, keep the shortest valid one.
+
+A plain class (no Ray), so it is tested and benchmarked on its own; ``serve.app`` wraps it in
+a Serve deployment. For each intent the policy samples ``k`` candidates in one batched decode
+(``k = 1`` is greedy), the validator checks levels 1-5 (no reference meaning exists at
+serving time), the shortest valid candidate wins (IR tokens of the checkpoint's own
+tokenizer, ties broken by text), and the rule-based compressor answers when no candidate is
+valid. Confidence is self-consistency (Wang et al., "Self-Consistency Improves Chain of
+Thought Reasoning", 2023): the share of the ``k`` candidates whose canonical expansion (its
+sha256) equals the returned program's.
+
+Answers are deterministic for a given batch: the sampling generator is seeded from the
+batch's intents. A small LRU cache returns a repeated intent's answer without decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_COMPRESSOR = ASSETS / "compressor_10m"
+
+
+@dataclass(frozen=True)
+class CompressorConfig:
+    """How the compressor decodes. Set from ``serve/config.yaml`` or the CLI."""
+
+    checkpoint: str = str(DEFAULT_COMPRESSOR)
+    """Folder of an HF-format policy checkpoint with its tokenizer (``tinycompress sft --out``)."""
+    max_candidates: int = 4
+    """Candidates sampled per intent when the request does not say (1 = greedy only)."""
+    temperature: float = 0.7
+    """Sampling temperature for k > 1 (0.7 and 1.0 gave the same pass rate on 120 intents)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass for k > 1."""
+    max_new_tokens: int = 96
+    """Longest program decoded, in tokens."""
+    cache_size: int = 4096
+    """Recent (intent, k) answers kept; 0 turns the cache off."""
+    threads: int = 1
+    """torch threads: batch-1 decoding is fastest with one on a small, busy CPU."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_candidates <= 16:
+            raise ValueError(f"max_candidates must be in 1..16, got {self.max_candidates}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.cache_size < 0 or self.threads < 1 or self.max_new_tokens < 1:
+            raise ValueError("cache_size must be >= 0, threads and max_new_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class Compression:
+    """One answer of ``/compress``; ``to_dict`` is the JSON body."""
+
+    intent: str
+    program: str
+    tokens: int  # IR tokens of the program (checkpoint tokenizer)
+    intent_tokens: int
+    valid: bool
+    report: dict  # the validator's report (levels 1-5)
+    source: str  # "model" or "fallback"
+    confidence: float  # share of candidates whose expansion hash equals the program's
+    candidates: int
+    valid_candidates: int
+    latency_ms: float
+    cached: bool = False
+
+    @property
+    def compression(self) -> float:
+        return round(1.0 - self.tokens / self.intent_tokens, 4) if self.intent_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("intent")
+        out["compression"] = self.compression
+        return out
+
+
+def file_digest(path: Path) -> str:
+    """First 12 hex digits of a file's sha256 (the version label used across the project)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+class Compressor:
+    """Loads a policy checkpoint once and answers batches of intents."""
+
+    def __init__(self, cfg: CompressorConfig | None = None):
+        import torch
+
+        from learner.policy import load_policy
+        from rollout.baseline import RuleBasedCompressor
+        from rollout.sampler import Sampler
+        from validator_actors.tokens import TokenCounter
+        from validator_actors.validator import Validator
+
+        self.cfg = cfg or CompressorConfig()
+        torch.set_num_threads(self.cfg.threads)
+        path = Path(self.cfg.checkpoint)
+        self.model, self.tok, self.meta = load_policy(path, device="cpu")
+        self.greedy = Sampler(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens)
+        self.sampler = Sampler(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens,
+                               temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+        self.validator = Validator()
+        self.count = TokenCounter(path)
+        self.baseline = RuleBasedCompressor(self.validator.cb)
+        self._cache: OrderedDict[tuple[str, int], Compression] = OrderedDict()
+        self.version = {"name": path.name, "policy": self.meta.get("policy", {}).get("name"),
+                        "params": self.meta.get("params"), "stage": self.meta.get("stage"),
+                        "step": self.meta.get("step"), "weights_sha256": file_digest(path / "model.safetensors"),
+                        "codebook_version": self.validator.cb.version}
+
+    def compress(self, intents: list[str], k: int | None = None) -> list[Compression]:
+        """Answer every intent with ``k`` candidates each (default ``cfg.max_candidates``)."""
+        k = k or self.cfg.max_candidates
+        t0 = time.perf_counter()
+        todo = [i for i, text in enumerate(intents) if (text, k) not in self._cache]
+        fresh = dict(zip(todo, self._decode([intents[i] for i in todo], k, t0))) if todo else {}
+        out = []
+        for i, text in enumerate(intents):
+            if i in fresh:
+                self._remember((text, k), fresh[i])
+                out.append(fresh[i])
+            else:
+                hit = self._cache[(text, k)]
+                self._cache.move_to_end((text, k))
+                ms = round((time.perf_counter() - t0) * 1000, 3)
+                out.append(Compression(**{**asdict(hit), "latency_ms": ms, "cached": True}))
+        return out
+
+    def _decode(self, intents: list[str], k: int, t0: float) -> list[Compression]:
+        import torch
+
+        if k == 1:
+            texts = self.greedy.sample(intents, 1, greedy=True).texts
+        else:
+            seed = int.from_bytes(hashlib.sha256(json.dumps(intents).encode()).digest()[:8], "little")
+            gen = torch.Generator().manual_seed(seed)
+            texts = self.sampler.sample(intents, k, greedy=False, generator=gen).texts
+        intent_tokens = self.count(intents)
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        return [self._choose(intent, texts[j * k:(j + 1) * k], n, ms)
+                for j, (intent, n) in enumerate(zip(intents, intent_tokens))]
+
+    def _choose(self, intent: str, candidates: list[str], intent_tokens: int, ms: float) -> Compression:
+        reports = [self.validator.validate(c) for c in candidates]
+        valid = [(c, r) for c, r in zip(candidates, reports) if r.valid]
+        if valid:
+            lengths = self.count([c for c, _ in valid])
+            best = min(range(len(valid)), key=lambda n: (lengths[n], valid[n][0]))
+            program, report, source, tokens = valid[best][0], valid[best][1], "model", lengths[best]
+        else:
+            program = self.baseline.compress(intent)
+            report, source, tokens = self.validator.validate(program), "fallback", self.count([program])[0]
+        agree = sum(r.valid and r.hash == report.hash for r in reports) if report.valid else 0
+        return Compression(intent, program, tokens, intent_tokens, report.valid, report.to_dict(), source,
+                           round(agree / len(candidates), 4), len(candidates), len(valid), ms)
+
+    def _remember(self, key: tuple[str, int], answer: Compression) -> None:
+        if self.cfg.cache_size:
+            self._cache[key] = answer
+            if len(self._cache) > self.cfg.cache_size:
+                self._cache.popitem(last=False)
+
+
+class ProgramTools:
+    """``/expand`` and ``/validate``: the validator, the token counter and the baseline, no model.
+
+    Pure Python (plus the Rust tokenizer), so the ingress answers these without a model hop.
+    """
+
+    def __init__(self, checkpoint: str | Path = DEFAULT_COMPRESSOR):
+        from rollout.baseline import RuleBasedCompressor
+        from validator_actors.tokens import TokenCounter
+        from validator_actors.validator import Validator
+
+        self.validator = Validator()
+        self.count = TokenCounter(checkpoint)
+        self.baseline = RuleBasedCompressor(self.validator.cb)
+
+    def expand(self, program: str) -> dict:
+        """The validator's report for ``program``; its ``expansion`` is the JobSpec."""
+        return self.validator.validate(program).to_dict()
+
+    def validate(self, program: str, intent: str | None = None, reference: str | None = None) -> dict:
+        """The report; with ``intent``, also token counts, compression and the baseline's verdict."""
+        report = self.validator.validate(program, reference).to_dict()
+        if intent is not None:
+            tokens, intent_tokens = self.count([program, intent])
+            base = self.validator.validate(self.baseline.compress(intent))
+            report["tokens"], report["intent_tokens"] = tokens, intent_tokens
+            report["compression"] = round(1 - tokens / intent_tokens, 4) if intent_tokens else 0.0
+            report["matches_baseline"] = bool(base.valid and report["hash"] == base.hash)
+        return report
