@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "learner.cli",
     "train": "cluster.train_cli",
     "tune": "sweep.cli",
+    "tune": "sweep.cli",
     "vae": "learner.vae_cli",
     "serve": "serve.cli",
 }
