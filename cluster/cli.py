@@ -22,7 +22,6 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "learner.cli",
     "train": "cluster.train_cli",
     "tune": "sweep.cli",
-    "tune": "sweep.cli",
     "vae": "learner.vae_cli",
     "serve": "serve.cli",
 }
