@@ -277,6 +277,12 @@ class GRPOController:
     def run(self) -> dict:
         stop_reason = "steps"
         try:
+            if self.step == 0:  # the warm start's val figures: step 0 of the curves
+                start = {"step": 0, **self.evaluate()}
+                (self.out / "warm_start_eval.json").write_text(json.dumps(start))
+                self._tensorboard(start)
+                self.log(f"[grpo] warm start: val pass {start['val_pass_rate']:.3f} tokens "
+                         f"{start['val_ir_tokens']:.2f} reward {start['val_reward']:+.4f}")
             with open(self.out / "metrics.jsonl", "a") as fh:
                 while self.step < self.t.steps:
                     m = self.train_step()
@@ -310,7 +316,7 @@ class GRPOController:
             return
         for key, value in m.items():
             if key != "step" and isinstance(value, (int, float)):
-                self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, self.step)
+                self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, m["step"])
         self.tb.flush()
 
     def shutdown(self) -> None:

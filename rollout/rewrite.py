@@ -3,20 +3,23 @@
 The warm-started policy is so peaked (entropy about 0.002 nats per token) that sampling at
 T = 1 almost never drops a default phase, the ``_runs/`` prefix or lists every invariant
 instead of ``I*``, so plain GRPO sees no shorter valid program to reinforce. After scoring,
-:func:`minimal_rewrites` replaces the ``k`` worst members of a group with the IR-minimal form
-(``ir.minimal``) of the group's best valid sample, when that form is shorter. The learner treats
+:func:`minimal_rewrites` replaces the ``k`` worst members of a group with the shortest rewrite
+of the group's best valid sample (:func:`shortest_rewrite`: the sample in its own term order
+without the default context and output root, or ``ir.minimal``), when that is shorter. The learner treats
 those rows as off-policy (importance ratio 1): a policy-gradient push towards a program the
 validator has already proven equivalent, weighted by its group advantage like any sample.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
 
 from rollout.sampler import RolloutBatch
-from validator_actors.ir import IRSyntaxError, meaning, minimal, parse
+from validator_actors.codebook import load_codebook
+from validator_actors.ir import IRSyntaxError, _print_output, meaning, minimal, parse
 from validator_actors.validator import Score
 
 
@@ -26,6 +29,34 @@ def minimal_form(program: str) -> str | None:
         return minimal(meaning(parse(program)))
     except (IRSyntaxError, ValueError, KeyError):
         return None
+
+
+def shortcut_form(program: str) -> str | None:
+    """``program`` in its own term order with the default context and output root left out.
+
+    The smallest edit of the policy's own sample (``I9&I15:execute>_runs/x`` -> ``I9&I15>x``);
+    None if it does not parse.
+    """
+    cb = load_codebook()
+    try:
+        m = meaning(parse(program, cb), cb)
+    except (IRSyntaxError, ValueError, KeyError):
+        return None
+    body = re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program, maxsplit=1)[0]
+    ctx = "" if m.context == cb.default_context else f"{cb.symbols['context']}{m.context}"
+    return body.strip() + ctx + "".join(_print_output(p, cb, short=True) for p in m.outputs)
+
+
+def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[int]]) -> str | None:
+    """The shorter of :func:`shortcut_form` and :func:`minimal_form` in IR tokens (the shortcut
+    on a tie: it keeps the policy's own order), if it means what ``program`` means."""
+    forms = [f for f in (shortcut_form(program), minimal_form(program)) if f is not None]
+    if not forms:
+        return None
+    want = meaning(parse(program))
+    forms = [f for f in dict.fromkeys(forms) if meaning(parse(f)) == want]
+    counts = count_tokens(forms)
+    return forms[min(range(len(forms)), key=lambda i: (counts[i], i))] if forms else None
 
 
 def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, k: int,
@@ -48,7 +79,7 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
         if not valid:
             continue
         best = max(valid, key=lambda s: (s.reward, -s.index))
-        rewrite = minimal_form(rollout.texts[best.index])
+        rewrite = shortest_rewrite(rollout.texts[best.index], count_tokens)
         if rewrite is None or rewrite in rollout.texts[start : start + g]:
             continue
         if count_tokens([rewrite])[0] >= best.tokens:

@@ -114,3 +114,18 @@ def test_merge_keeps_offpolicy_flags(tok, counter):
     merged = merge_rollouts([plain, out])
     assert merged.offpolicy.tolist() == [False, False, False, True]
     assert merge_rollouts([plain, plain]).offpolicy is None
+
+
+def test_shortcuts_keep_the_samples_own_order_and_meaning(counter):
+    from rollout.rewrite import shortcut_form, shortest_rewrite
+    from validator_actors.ir import meaning, parse
+
+    sample = "C13?&I12&I11!:execute>_runs/perf_538"  # intent order, not sorted
+    assert shortcut_form(sample) == "C13?&I12&I11!>perf_538"
+    assert shortest_rewrite(sample, counter) == "C13?&I12&I11!>perf_538", "the shortcut wins a tie with minimal"
+    every = "&".join(f"I{i}" for i in range(1, 21)) + "|P?&I1&C13:execute"
+    best = shortest_rewrite(every, counter)
+    assert counter([best])[0] < counter([shortcut_form(every)])[0] and "I*" in best
+    for program in (sample, every, "I18?&C8?|I1?:build"):
+        assert meaning(parse(shortest_rewrite(program, counter))) == meaning(parse(program))
+    assert shortcut_form("I9&&") is None and shortest_rewrite("I9&&", counter) is None
