@@ -1,0 +1,60 @@
+"""Plot GRPO curves from run folders: reward, pass rate and IR tokens against step.
+
+Training curves (sampled programs, rolling mean over ``--window`` steps) on the left three
+panels; greedy val (with the warm start as step 0, from ``warm_start_eval.json``) on the right.
+
+    python benchmarks/plot_grpo.py --out docs/img/grpo_curves.png LABEL=runs/grpo_10m ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rolling(values: list[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--window", type=int, default=10)
+    p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl)")
+    a = p.parse_args()
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    panels = [("reward_mean", "reward (sampled)"), ("pass_rate", "pass rate (sampled)"),
+              ("ir_tokens", "IR tokens (sampled)")]
+    val = [("val_reward", "val reward (greedy)"), ("val_pass_rate", "val pass rate (greedy)"),
+           ("val_ir_tokens", "val IR tokens (greedy)")]
+    for run in a.runs:
+        label, folder = run.split("=", 1)
+        rows = [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")]
+        steps = [r["step"] for r in rows]
+        for ax, (key, name) in zip(axes[0], panels):
+            ax.plot(steps, rolling([r[key] for r in rows], a.window), label=f"{label} (mean of {a.window})")
+            ax.set(xlabel="step", ylabel=name)
+        evals = [r for r in rows if "val_pass_rate" in r]
+        start = Path(folder) / "warm_start_eval.json"
+        if start.exists():
+            evals = [json.loads(start.read_text())] + evals
+        for ax, (key, name) in zip(axes[1], val):
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+            ax.set(xlabel="step (0 = warm start)", ylabel=name)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("GRPO from the 10m warm start (CPU, B=8 intents x G=8)")
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
