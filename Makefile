@@ -19,8 +19,26 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
+PORT    ?= 8000
+URL     := http://127.0.0.1:$(PORT)
+CROP    := import io, sys, skimage.data; from PIL import Image; b = io.BytesIO(); \
+           Image.fromarray(skimage.data.astronaut()[100:164, 100:164]).save(b, "PNG"); sys.stdout.buffer.write(b.getvalue())
+
+# ends by starting the HTTP service (docs/SERVE.md), calling /compress and /encode once, stopping it
 demo: $(STAMP)
 	$(BIN)/tinycompress demo --out $(DATA)
+	@echo "[demo] starting tinycompress serve on $(URL)"
+	@$(BIN)/tinycompress serve --port $(PORT) & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid' EXIT; \
+	for i in $$(seq 300); do curl -sf $(URL)/healthz >/dev/null && break; \
+	  kill -0 $$pid 2>/dev/null || { echo "[demo] the service did not start"; exit 1; }; sleep 0.5; done; \
+	echo "[demo] POST /compress"; \
+	curl -sSf $(URL)/compress -H 'content-type: application/json' \
+	  -d '{"intent": "Please check contract rule 3 while building, and make sure invariant 5 holds. Thanks!"}' \
+	  | $(BIN)/python -c 'import json, sys; r = json.load(sys.stdin); r.pop("report"); print(json.dumps(r))' && \
+	echo "[demo] POST /encode (a 64x64 crop of skimage astronaut)" && \
+	$(BIN)/python -c '$(CROP)' | curl -sSf $(URL)/encode -H 'content-type: image/png' --data-binary @- \
+	  | $(BIN)/python -c 'import json, sys; r = json.load(sys.stdin); r["latent"] = r["latent"][:4] + ["..."]; print(json.dumps(r))'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \

@@ -69,7 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    while not done.wait(1.0):  # wakes up regularly so that the signal handler gets to run
+        pass
     print("[serve] stopping", file=sys.stderr, flush=True)
     stop()
     return 0
