@@ -18,6 +18,7 @@ import os
 import random
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -184,3 +185,18 @@ def render(m: Model, seed: int) -> str:
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 IR_ALPHABET = "CIVLGSRJAPXcz0123456789*!?&|.:>@_/- \t~"
+
+
+@pytest.fixture(scope="session")
+def tiny_grpo(tmp_path_factory):
+    """A 100-intent dataset and an untrained tiny policy: the inputs of a short GRPO run."""
+    from transformers import AutoTokenizer
+
+    from learner.policy import PRESETS, build_policy, save_policy
+    from rollout.dataset import build_dataset
+
+    root = tmp_path_factory.mktemp("tiny_grpo")
+    build_dataset(root / "data", n=100, seed=4, progress=lambda m: None, paraphrases=0)
+    tok = AutoTokenizer.from_pretrained(str(root / "data" / "tokenizer"))
+    save_policy(build_policy(PRESETS["tiny"], tok), tok, PRESETS["tiny"], root / "init", {"stage": "init"})
+    return root

@@ -1,4 +1,4 @@
-"""The synchronous GRPO loop end to end on a local Ray instance (tiny policy)."""
+"""The GRPO loop end to end on a local Ray instance (tiny policy): sync, async, faults, resume, bad configs."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import json
 
 import pytest
 import ray
-from transformers import AutoTokenizer
 
 from learner.config import RunConfig
-from learner.policy import PRESETS, build_policy, save_policy
-from rollout.dataset import build_dataset
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +18,8 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo_run")
-    build_dataset(root / "data", n=100, seed=4, progress=lambda m: None, paraphrases=0)
-    tok = AutoTokenizer.from_pretrained(str(root / "data" / "tokenizer"))
-    save_policy(build_policy(PRESETS["tiny"], tok), tok, PRESETS["tiny"], root / "init", {"stage": "init"})
-    return root
+def setup(tiny_grpo):
+    return tiny_grpo
 
 
 def test_two_synchronous_grpo_steps(ray_local, setup):

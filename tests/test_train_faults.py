@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from transformers import AutoTokenizer
 
 from learner.config import RunConfig
-from learner.policy import PRESETS, build_policy, save_policy
-from rollout.dataset import build_dataset
 
 TINY = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
         "train": {"steps": 12, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
@@ -26,13 +23,9 @@ TINY = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_faults")
-    build_dataset(root / "data", n=100, seed=5, progress=lambda m: None, paraphrases=0)
-    tok = AutoTokenizer.from_pretrained(str(root / "data" / "tokenizer"))
-    save_policy(build_policy(PRESETS["tiny"], tok), tok, PRESETS["tiny"], root / "init", {"stage": "init"})
-    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    return root
+def setup(tiny_grpo):
+    (tiny_grpo / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return tiny_grpo
 
 
 def _train(setup: Path, out: Path, *extra: str) -> subprocess.Popen:
