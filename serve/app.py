@@ -47,7 +47,7 @@ class _Batched:
     def reconfigure(self, user_config: dict) -> None:
         method = getattr(self, self.batch_method)
         method.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
-        method.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
+        method.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.002)))
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -58,7 +58,7 @@ class _Batched:
 
 @serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.5, "runtime_env": MODEL_ENV},
                   max_ongoing_requests=32, max_queued_requests=128,
-                  user_config={"max_batch_size": 16, "batch_wait_timeout_s": 0.005})
+                  user_config={"max_batch_size": 16, "batch_wait_timeout_s": 0.002})
 class CompressorDeployment(_Batched):
     batch_method = "compress"
 
@@ -68,7 +68,7 @@ class CompressorDeployment(_Batched):
         self.model = Compressor(CompressorConfig(**(config or {})))
         self._start()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def compress(self, requests: list[tuple[str, int]]) -> list[dict]:
         """Each request is (intent, k); intents that share k decode together."""
         out: list[dict | None] = [None] * len(requests)
@@ -76,7 +76,7 @@ class CompressorDeployment(_Batched):
             idx = [i for i, (_, kk) in enumerate(requests) if kk == k]
             answers = await self._run(self.model.compress, [requests[i][0] for i in idx], k)
             for i, answer in zip(idx, answers):
-                out[i] = answer.to_dict()
+                out[i] = {**answer.to_dict(), "batch": len(idx)}  # intents decoded together
         return out
 
     def info(self) -> dict:
@@ -86,7 +86,7 @@ class CompressorDeployment(_Batched):
 
 @serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25, "runtime_env": MODEL_ENV},
                   max_ongoing_requests=64, max_queued_requests=256,
-                  user_config={"max_batch_size": 32, "batch_wait_timeout_s": 0.002})
+                  user_config={"max_batch_size": 32, "batch_wait_timeout_s": 0.001})
 class EncoderDeployment(_Batched):
     batch_method = "encode"
 
@@ -96,7 +96,7 @@ class EncoderDeployment(_Batched):
         self.codec = ImageCodec(EncoderConfig(**(config or {})))
         self._start()
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
     async def encode(self, requests: list[tuple[np.ndarray, str]]) -> list[dict]:
         """Each request is one (64, 64, 3) uint8 crop and its entity id."""
         return await self._run(self.codec.encode, [p for p, _ in requests], [e for _, e in requests])
