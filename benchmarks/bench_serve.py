@@ -107,7 +107,7 @@ def start(args) -> str:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
     from serve.cli import load_config
 
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
@@ -115,8 +115,8 @@ def start(args) -> str:
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
     batched = {**cfg["options"], "Compressor": {**cfg["options"]["Compressor"], **ONE_REPLICA}}
-    serve.run(build_app(cfg["args"], batched), name="batched", route_prefix="/", blocking=False)
-    serve.run(build_app(cfg["args"], {**cfg["options"], **NO_BATCH}), name="nobatch",
+    serve.run(compose(cfg["args"], batched), name="batched", route_prefix="/", blocking=False)
+    serve.run(compose(cfg["args"], {**cfg["options"], **NO_BATCH}), name="nobatch",
               route_prefix="/nobatch", blocking=False)
     base = f"http://127.0.0.1:{port}"
     for prefix in ("", "/nobatch"):
@@ -166,6 +166,7 @@ def main() -> int:
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args()
+    load_before = os.getloadavg()
     base = start(args)
     try:
         rows = asyncio.run(bench(base, args))
@@ -176,8 +177,10 @@ def main() -> int:
         serve.shutdown()
         ray.shutdown()
     report = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} logical CPUs, "
-              f"{platform.machine()}, Python {platform.python_version()}", "rows": rows}
+              f"{platform.machine()}, Python {platform.python_version()}",
+              "loadavg_1m_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)], "rows": rows}
     print(table(rows))
+    print(f"load average (1 min) before/after: {report['loadavg_1m_before_after']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

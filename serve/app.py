@@ -9,7 +9,8 @@ The model deployments are thin shells over :class:`serve.compressor.Compressor` 
 (``serve/config.yaml``), so a running app can be re-batched by ``serve deploy``. A model whose
 queue is full answers 429 and one that does not answer in time 503, both with Retry-After.
 Three ways to run it: ``tinycompress serve`` (serve/cli.py), ``serve run serve/config.yaml``
-and ``serve deploy serve/config.yaml`` (``build_app`` is the config's import path).
+and ``serve deploy serve/config.yaml`` (``build_app`` is the config's import path;
+``compose`` also takes the per-deployment options, for the CLI, tests and benchmark).
 
 No ``from __future__ import annotations`` here: the replica rebuilds the FastAPI routes from
 the pickled class, where string annotations no longer resolve.
@@ -238,7 +239,13 @@ class Ingress:
                 "limits": web.limits()}
 
 
-def build_app(args: dict | None = None, options: dict[str, dict] | None = None):
+def build_app(args: dict):
+    """The app builder named in serve/config.yaml (``serve run``/``serve deploy`` pass its args;
+    they apply the config's deployment settings themselves)."""
+    return compose(args)
+
+
+def compose(args: dict | None = None, options: dict[str, dict] | None = None):
     """The application. ``args``: ``compressor``/``encoder`` config dicts (checkpoint, ...) and
     ``timeout_s``; ``options``: per-deployment ``.options()`` by name (the CLI's config file)."""
     args, options = dict(args or {}), options or {}

@@ -36,7 +36,7 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
 
     cfg = load_config(config)
     args = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg["args"].items()}
@@ -51,7 +51,7 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     http = {**cfg["http"], "host": host, "port": port}
     serve.start(http_options=http)
-    serve.run(build_app(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(compose(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
 
 

@@ -40,14 +40,14 @@ def free_port() -> int:
 def url():
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
     from serve.cli import load_config
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     port = free_port()
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    serve.run(build_app(cfg["args"], {**cfg["options"], "Compressor": SMALL_QUEUE}),
+    serve.run(compose(cfg["args"], {**cfg["options"], "Compressor": SMALL_QUEUE}),
               name="tinycompress", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -334,12 +334,21 @@ def test_the_server_still_answers_after_all_of_that(client, examples):
 
 
 def test_config_file_is_a_valid_serve_config():
+    import importlib
+    import inspect
+
     import yaml
+    from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
 
     from serve.cli import CONFIG, load_config
 
-    ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    raw = yaml.safe_load(CONFIG.read_text())
+    ServeDeploySchema.model_validate(raw)
+    module, name = raw["applications"][0]["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), name)
+    assert len(inspect.signature(builder).parameters) == 1  # Serve calls it with the args dict alone
+    assert isinstance(builder(raw["applications"][0]["args"]), Application)
     cfg = load_config()
     assert {"Ingress", "Compressor", "Encoder"} == set(cfg["options"])
     assert cfg["options"]["Compressor"]["autoscaling_config"]["max_replicas"] >= 1
