@@ -35,7 +35,9 @@ def trial_row(path: Path, trial_id: str, error: Exception | None, wall_s: float,
     for key in search_keys:
         section, _, name = key.partition(".")
         row[key] = cfg[section][name]
+    start = run / "warm_start_eval.json"  # the controller's step-0 evaluation of the warm start
     row.update({
+        "start_val_reward": json.loads(start.read_text())[METRIC] if start.exists() else None,
         "val_reward": best.get(METRIC), "val_pass_rate": best.get("val_pass_rate"),
         "val_ir_tokens": best.get("val_ir_tokens"),
         "val_compression": 1 - best["val_ir_tokens"] / intent_tokens[cfg["train"]["eval_samples"]] if best else None,
@@ -83,8 +85,9 @@ def summary(table: pd.DataFrame) -> str:
     if scored.empty:
         return "No trial reached an evaluation."
     best = scored.iloc[0]
-    text = (f"Best: trial {best.trial} ({best.preset}), val reward {best.val_reward:+.4f}, pass rate "
-            f"{best.val_pass_rate:.1%}, {best.val_ir_tokens:.2f} IR tokens at step {best.best_step}.")
+    text = (f"Best: trial {best.trial} ({best.preset}), val reward {best.val_reward:+.4f} (its warm start "
+            f"{best.start_val_reward:+.4f}), pass rate {best.val_pass_rate:.1%}, {best.val_ir_tokens:.2f} IR "
+            f"tokens at step {best.best_step}.")
     if len(scored) > 1:
         second = scored.iloc[1]
         text += (f" Runner-up: trial {second.trial} ({second.preset}), {second.val_reward:+.4f} "

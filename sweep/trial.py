@@ -69,7 +69,9 @@ def trial_cpus(cfg: RunConfig) -> float:
 def run_trial(trial: dict, setup: TrialSetup) -> None:
     """The function trainable: ``trial`` = {"preset": name, "point": {dotted key: value}}."""
     cfg = setup.config(trial)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    # the trial's folder under OUT/trials itself, not Tune's staging copy in the Ray session
+    # (which a new session, as after --resume, would not have): OUT is a local or shared path
+    trial_dir = Path(tune.get_context().get_storage().trial_fs_path)
     out = trial_dir / "run"
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
