@@ -69,7 +69,7 @@ def crops(n: int) -> list[bytes]:
 
 async def load(base: str, path: str, bodies: list[dict], concurrency: int) -> dict:
     """Send every body once with ``concurrency`` in flight; latency percentiles and throughput."""
-    lat, errors, codes, model_ms = [], 0, {}, []
+    lat, errors, codes, model_ms, batches = [], 0, {}, [], []
     queue = iter(range(len(bodies)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -88,6 +88,7 @@ async def load(base: str, path: str, bodies: list[dict], concurrency: int) -> di
             errors += not ok
             if ok and path.endswith("compress"):
                 model_ms.append(r.json()["latency_ms"])
+                batches.append(r.json()["batch"])
 
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
         t0 = time.perf_counter()
@@ -100,6 +101,7 @@ async def load(base: str, path: str, bodies: list[dict], concurrency: int) -> di
            "throughput_rps": round(len(bodies) / seconds, 1)}
     if model_ms:
         row["model_p50_ms"] = round(statistics.median(model_ms), 1)
+        row["batch_mean"] = round(statistics.fmean(batches), 2)  # intents decoded together
     return row
 
 
@@ -151,11 +153,13 @@ async def bench(base: str, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| endpoint | variant | concurrency | requests | errors | p50 ms | p99 ms | throughput req/s | model p50 ms |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| endpoint | variant | concurrency | requests | errors | p50 ms | p99 ms | throughput req/s "
+            "| model p50 ms | intents per batch |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| `{r['path']}` | {r['variant']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
-                     f"{r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {r.get('model_p50_ms', '')} |")
+                     f"{r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {r.get('model_p50_ms', '')} | "
+                     f"{r.get('batch_mean', '')} |")
     return "\n".join(lines)
 
 
