@@ -102,7 +102,7 @@ def main() -> None:
     from learner.config import RunConfig
 
     cfg = RunConfig.from_yaml(args.config)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     variants = [(m, w) for m in ("sync", "async") for w in (1, 2)]
     runs: dict[str, list[dict]] = {f"{m}/{w}": [] for m, w in variants}
     with tempfile.TemporaryDirectory() as tmp:

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = bench_ceiling(programs)  # before ray.init: forked children must not inherit Ray
     v = Validator()
     valid_fraction = sum(v.validate(p).valid for p in programs) / len(programs)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False)
     try:
         plain = bench_plain(programs, args.repeats)

@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)  # never a `ray start` cluster
     try:
         ctl = GRPOController(cfg, args.data, args.init, args.out, resume=args.resume,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

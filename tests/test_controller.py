@@ -12,7 +12,7 @@ from learner.config import RunConfig
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2)
     yield
     ray.shutdown()
 

@@ -19,7 +19,7 @@ TIMEOUT = 60  # every ray.get / pool call in this file finishes well within this
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False)
     yield
     ray.shutdown()
