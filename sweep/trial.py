@@ -10,7 +10,9 @@ actors are created inside the trial, so they land in the trial's placement group
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from sweep.warm_start import warm_start_name
 
 DRIVER_CPUS = 0.01  # the trial's own process: it waits on its actors and scores val greedily
 RESULT_FILE = "trial_result.json"  # written when the controller returns (not when ASHA stops it)
+FAULTS_ENV = "TINYCOMPRESS_TUNE_FAULTS"  # test hook, see _inject_fault
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def run_trial(trial: dict, setup: TrialSetup) -> None:
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(saved)) if saved else None)
         if saved is not None:  # Tune now holds its copy of this checkpoint; keep one, not two
             shutil.rmtree(saved, ignore_errors=True)
+        _inject_fault(tune.get_context().get_trial_id(), metrics["step"], first_attempt=resume_from is None)
 
     init = setup.warm_starts[warm_start_name(cfg.model.preset, cfg.model.d_enc)]
     with open(trial_dir / "controller.log", "a") as log_file:
@@ -115,3 +119,15 @@ def _placement_census(ctl) -> dict:
     ids = ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())
                    for a in actors], timeout=60)
     return {"actors": len(actors), "actors_in_trial_pg": sum(i == (pg.id.hex() if pg else None) for i in ids)}
+
+
+def _inject_fault(trial_id: str, step: int, first_attempt: bool) -> None:
+    """Test hook: ``TINYCOMPRESS_TUNE_FAULTS="00000:crash@1,00001:hang@2"`` makes the first attempt
+    of the trial whose id ends with 00000 exit hard after reporting step 1, and 00001 hang there."""
+    for spec in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
+        suffix, _, action = spec.partition(":")
+        action, _, at = action.partition("@")
+        if first_attempt and trial_id.endswith(suffix) and step == int(at):
+            if action == "crash":
+                os._exit(1)
+            time.sleep(3600)

@@ -22,6 +22,7 @@ import yaml
 
 from rollout.dataset import build_dataset
 from sweep.space import SweepConfigError, load_sweep
+from sweep.trial import FAULTS_ENV
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tune_configs"
 
@@ -33,9 +34,10 @@ def data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def tune(*args, **popen) -> subprocess.Popen:
+def tune(*args, env_extra: dict | None = None, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # an embedded Ray of its own
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # experiment state saved every second (the kill test)
+    env.update(env_extra or {})
     return subprocess.Popen([sys.executable, "-m", "cluster.cli", "tune", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -92,41 +94,60 @@ def test_smoke_sweep_stops_weak_trials_and_exports_a_loadable_best(data, tmp_pat
 
 
 def _finished(trials: Path) -> list[Path]:
-    return [t for t in trials.glob("run_trial_*") if (t / "trial_result.json").exists()]
+    """Trials that Tune's driver has recorded as done, in the experiment state synced to OUT."""
+    states = sorted(trials.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        records = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+    except (ValueError, KeyError):  # being rewritten
+        return []
+    done = {r["trial_id"] for r in records if r["status"] == "TERMINATED"}
+    return [t for t in trials.glob("run_trial_*") if t.name.split("_")[2] + "_" + t.name.split("_")[3] in done]
 
 
-def _reported(trial: Path) -> bool:
-    """Tune's driver has processed a result of ``trial`` and synced its state to OUT."""
+def _reported(trial: Path, rows: int = 1) -> bool:
+    """Tune's driver has processed ``rows`` results of ``trial`` and synced its state to OUT."""
     progress = trial / "progress.csv"
-    return progress.exists() and len(progress.read_text().splitlines()) >= 2
+    return progress.exists() and len(progress.read_text().splitlines()) >= 1 + rows
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(data, tmp_path):
-    config = sweep_file(tmp_path, **{"presets/tiny/trials": 2, "search": {"grpo.lr": {"choice": [1e-3]}},
-                                     "fixed/train/steps": 3, "tune/max_concurrent": 1, "tune/grace_period": 3})
-    out = tmp_path / "s"
-    proc = tune("--config", config, "--data", data, "--out", out, start_new_session=True)
-    trials, deadline = out / "trials", time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:  # one trial done, the next one under way
-        done = _finished(trials)
-        if done and any(_reported(t) for t in trials.glob("run_trial_*") if t not in done):
-            break
+def _wait(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the sweep ended early: " + proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.5)
-    assert proc.poll() is None, "the sweep ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the trials
-    proc.communicate(timeout=60)
-    [finished] = _finished(trials)
-    before = {p: p.read_bytes() for p in [finished / "trial_result.json", finished / "controller.log",
-                                          finished / "run" / "metrics.jsonl"]}
 
-    summary = finish(tune("--config", config, "--data", data, "--out", out, "--resume"), 300)
+
+def test_failed_trial_retries_and_killed_sweep_resumes_from_checkpoints(data, tmp_path):
+    """Trial 0's process crashes after its first report (Tune retries it from that checkpoint);
+    trial 1 hangs after its second report, the whole sweep is killed then resumed with --resume."""
+    config = sweep_file(tmp_path, **{"presets/tiny/trials": 2, "search": {"grpo.lr": {"choice": [1e-3]}},
+                                     "fixed/train/steps": 3, "tune/max_concurrent": 2, "tune/grace_period": 3})
+    out, trials = tmp_path / "s", tmp_path / "s" / "trials"
+    faults = {FAULTS_ENV: "00000:crash@1,00001:hang@2"}
+    proc = tune("--config", config, "--data", data, "--out", out, start_new_session=True, env_extra=faults)
+    try:
+        _wait(proc, lambda: _finished(trials) and any(_reported(t, rows=2) for t in trials.glob("run_trial_*")
+                                                       if t not in _finished(trials)))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the trials
+        proc.communicate(timeout=60)
+    [first] = _finished(trials)
+    before = {p: p.read_bytes() for p in [first / "trial_result.json", first / "controller.log",
+                                          first / "run" / "metrics.jsonl"]}
+
+    summary = finish(tune("--config", config, "--data", data, "--out", out, "--resume", env_extra=faults), 300)
     table = pd.read_parquet(summary["results"])
     assert len(table) == 2 and (table.stop_reason == "steps").all() and (table.steps == 3).all()
     assert all(p.read_bytes() == b for p, b in before.items()), "the finished trial ran again"
-    [resumed] = [t for t in trials.glob("run_trial_*") if t != finished]
-    assert "resumed from" in (resumed / "controller.log").read_text(), "restarted from scratch, not resumed"
-    steps = [json.loads(line)["step"] for line in (resumed / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3], "a step lost or repeated across the kill"
+    [second] = [t for t in trials.glob("run_trial_*") if t != first]
+    for trial, step in ((first, 1), (second, 2)):  # each continued once from its checkpoint
+        log = (trial / "controller.log").read_text()
+        assert log.count("resumed from") == 1 and f"at step {step}," in log
+        steps = [json.loads(line)["step"] for line in (trial / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [1, 2, 3], "a step lost or repeated"
 
 
 @pytest.mark.parametrize("changes, named", [
