@@ -44,6 +44,10 @@ class CompressorConfig:
     """Recent (intent, k) answers kept; 0 turns the cache off."""
     threads: int = 1
     """torch threads: batch-1 decoding is fastest with one on a small, busy CPU."""
+    shortest_form: bool = True
+    """Also consider each valid candidate's shortest equivalent form (``rollout.rewrite``:
+    default context and output root left out, ``R*`` for full sets), kept only if the
+    validator gives it the same meaning hash."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_candidates <= 16:
@@ -154,6 +158,9 @@ class Compressor:
     def _choose(self, intent: str, candidates: list[str], intent_tokens: int, ms: float) -> Compression:
         reports = [self.validator.validate(c) for c in candidates]
         valid = [(c, r) for c, r in zip(candidates, reports) if r.valid]
+        n_valid = len(valid)  # sampled candidates that passed
+        if self.cfg.shortest_form:
+            valid += self._shorter_forms(valid)
         if valid:
             lengths = self.count([c for c, _ in valid])
             best = min(range(len(valid)), key=lambda n: (lengths[n], valid[n][0]))
@@ -163,7 +170,21 @@ class Compressor:
             report, source, tokens = self.validator.validate(program), "fallback", self.count([program])[0]
         agree = sum(r.valid and r.hash == report.hash for r in reports) if report.valid else 0
         return Compression(intent, program, tokens, intent_tokens, report.valid, report.to_dict(), source,
-                           round(agree / len(candidates), 4), len(candidates), len(valid), ms)
+                           round(agree / len(candidates), 4), len(candidates), n_valid, ms)
+
+    def _shorter_forms(self, valid: list) -> list:
+        """Equivalent shorter spellings of the valid candidates, validated to the same hash."""
+        from rollout.rewrite import shortest_rewrite
+
+        seen, out = {c for c, _ in valid}, []
+        for program, report in valid:
+            form = shortest_rewrite(program, self.count)
+            if form is not None and form not in seen:
+                seen.add(form)
+                checked = self.validator.validate(form)
+                if checked.valid and checked.hash == report.hash:
+                    out.append((form, checked))
+        return out
 
     def _remember(self, key: tuple[str, int], answer: Compression) -> None:
         if self.cfg.cache_size:
