@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--window", type=int, default=10)
-    p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl)")
+    p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl; the last = splits)")
     a = p.parse_args()
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     panels = [("reward_mean", "reward (sampled)"), ("pass_rate", "pass rate (sampled)"),
@@ -35,7 +35,7 @@ def main() -> None:
     val = [("val_reward", "val reward (greedy)"), ("val_pass_rate", "val pass rate (greedy)"),
            ("val_ir_tokens", "val IR tokens (greedy)")]
     for run in a.runs:
-        label, folder = run.split("=", 1)
+        label, folder = run.rsplit("=", 1)
         rows = [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")]
         steps = [r["step"] for r in rows]
         for ax, (key, name) in zip(axes[0], panels):
