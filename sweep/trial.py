@@ -100,6 +100,7 @@ def run_trial(trial: dict, setup: TrialSetup) -> None:
                                         on_eval=on_eval, check_cpus=False)
         result = ctl.run()
     (trial_dir / RESULT_FILE).write_text(json.dumps(result))
+    shutil.rmtree(trial_dir / "resumed_from", ignore_errors=True)  # Tune keeps its own copy
 
 
 def _last_checkpoint(trial_dir: Path) -> str | None:
@@ -123,7 +124,8 @@ def _placement_census(ctl) -> dict:
 
 def _inject_fault(trial_id: str, step: int, first_attempt: bool) -> None:
     """Test hook: ``TINYCOMPRESS_TUNE_FAULTS="00000:crash@1,00001:hang@2"`` makes the first attempt
-    of the trial whose id ends with 00000 exit hard after reporting step 1, and 00001 hang there."""
+    of the trial whose id ends with 00000 exit hard after reporting step 1, and the first attempt
+    of the one ending with 00001 hang after reporting step 2."""
     for spec in filter(None, os.environ.get(FAULTS_ENV, "").split(",")):
         suffix, _, action = spec.partition(":")
         action, _, at = action.partition("@")
