@@ -59,7 +59,7 @@ def _init_ray(sweep, log) -> None:
     cpus = max(os.cpu_count() or 1, math.ceil(sweep.tune.max_concurrent * per_trial))
     log(f"[tune] embedded Ray with {cpus} logical CPUs ({os.cpu_count()} cores; a trial's placement "
         f"group takes {per_trial:g}, {sweep.tune.max_concurrent} side by side)")
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False)  # never a `ray start` cluster by accident
 
 
 def _fit(setup, out: Path, resume: bool, log) -> dict:
