@@ -1,7 +1,8 @@
 """``tinycompress demo``: the main job end to end on the embedded default.
 
-Generate the data (or reuse it), score the rule-based baseline on test and held-out, then
-evaluate the shipped 10m warm-start compressor on the first test intents beside it.
+Generate the data (or reuse it), score the rule-based baseline on test and held-out,
+evaluate the shipped 10m warm-start compressor on the first test intents beside it, then run
+a few GRPO steps from it on an embedded local Ray (rollout, validator and learner actors).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-SHIPPED_COMPRESSOR = Path(__file__).resolve().parent.parent / "serve" / "assets" / "compressor_10m"
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_COMPRESSOR = ROOT / "serve" / "assets" / "compressor_10m"
+GRPO_CONFIG = ROOT / "tune_configs" / "10m.yaml"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -45,8 +48,38 @@ def _demo(args: argparse.Namespace) -> int:
         report = evaluate_checkpoint(SHIPPED_COMPRESSOR, out, "test", limit=args.model_rows)
         figures["compressor_10m_test"] = report["model"]
         figures["baseline_same_rows"] = report["baseline"]
+    if args.grpo_steps and SHIPPED_COMPRESSOR.exists():
+        figures["grpo"] = _grpo(out, Path(args.run), args.grpo_steps, log)
     print(json.dumps(figures, indent=2))
     return 0
+
+
+def _grpo(data: Path, run: Path, steps: int, log) -> dict:
+    """A short GRPO run from the shipped warm start: the training job's whole Ray path."""
+    import dataclasses
+    import os
+    import shutil
+
+    import ray
+
+    from cluster.controller import GRPOController
+    from learner.config import RunConfig
+
+    cfg = RunConfig.from_yaml(GRPO_CONFIG)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, steps=steps, prompts_per_step=4, group_size=4, eval_every=steps, eval_samples=16,
+        checkpoint_every=steps, patience=0))
+    shutil.rmtree(run, ignore_errors=True)
+    log(f"GRPO: {steps} steps from the shipped compressor on an embedded Ray -> {run}")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        result = GRPOController(cfg, data, SHIPPED_COMPRESSOR, run, log=log).run()
+    finally:
+        ray.shutdown()
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    keep = ("reward_mean", "pass_rate", "ir_tokens", "val_pass_rate", "val_ir_tokens", "t_generate",
+            "t_score", "t_update", "t_sync", "step_time")
+    return {**result, "run": str(run), "last_step": {k: round(last[k], 4) for k in keep if k in last}}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,4 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", action="store_true", help="regenerate the data even if present")
     p.add_argument("--model-rows", type=int, default=200,
                    help="test intents to run the shipped compressor on (0 = skip the model)")
+    p.add_argument("--grpo-steps", type=int, default=2, help="GRPO steps on an embedded Ray (0 = skip)")
+    p.add_argument("--run", default="runs/demo_grpo", help="run folder of the GRPO steps")
     p.set_defaults(func=_demo)
