@@ -40,12 +40,21 @@ cfg["train"] = {"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout_wor
 (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
 PYEOF
 
-echo "[job] ray start --head --num-cpus=2"
-ray start --head --num-cpus=2 --temp-dir="$WORK/ray" --port="$GCS" --dashboard-host=127.0.0.1 \
-  --dashboard-port="$DASH" --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
-  --ray-client-server-port="$CLIENT" --metrics-export-port="$METRICS" --node-manager-port="$NODE" \
-  --object-manager-port="$OBJ" --runtime-env-agent-port="$RTENV" --disable-usage-stats >"$WORK/ray_start.log" 2>&1 \
-  || { cat "$WORK/ray_start.log"; exit 1; }
+start_head() {
+  ray start --head --num-cpus=2 --temp-dir="$WORK/ray" --port="$GCS" --dashboard-host=127.0.0.1 \
+    --dashboard-port="$DASH" --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
+    --ray-client-server-port="$CLIENT" --metrics-export-port="$METRICS" --node-manager-port="$NODE" \
+    --object-manager-port="$OBJ" --runtime-env-agent-port="$RTENV" --disable-usage-stats >"$WORK/ray_start.log" 2>&1
+}
+for attempt in 1 2; do  # on a loaded host the raylet can miss Ray's 30 s start deadline once
+  echo "[job] ray start --head --num-cpus=2 (attempt $attempt)"
+  if start_head; then break; fi
+  tail -3 "$WORK/ray_start.log"
+  pkill -f -- "$WORK/ray" 2>/dev/null || true; sleep 2; pkill -9 -f -- "$WORK/ray" 2>/dev/null || true
+  rm -rf "$WORK/ray"
+  [ "$attempt" = 2 ] && { cat "$WORK/ray_start.log"; exit 1; }
+  read -r GCS DASH AGENT_HTTP AGENT_GRPC CLIENT METRICS NODE OBJ RTENV <<<"$(free_ports 9)"
+done
 
 "$PY" - "$DASH" <<'PYEOF'  # the job server lives in the dashboard, which starts after `ray start` returns
 import sys, time, urllib.request, urllib.error
