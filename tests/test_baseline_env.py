@@ -89,11 +89,13 @@ def test_cli_data_baseline_and_demo_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["n"] == 30 and 0 <= result["pass_rate"] <= 1 and "p95" in result["latency_ms"]
-    proc = _cli("demo", "--out", str(out), "--model-rows", "3")
+    proc = _cli("demo", "--out", str(out), "--model-rows", "3", "--run", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     demo = json.loads(proc.stdout)
-    assert {"baseline_test", "baseline_heldout", "compressor_10m_test"} <= set(demo)
+    assert {"baseline_test", "baseline_heldout", "compressor_10m_test", "grpo"} <= set(demo)
     assert demo["compressor_10m_test"]["n"] == 3
+    assert demo["grpo"]["steps"] == 2 and 0 <= demo["grpo"]["last_step"]["val_pass_rate"] <= 1
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_000002"
 
 
 def test_cli_reports_missing_data_clearly(tmp_path):
