@@ -18,17 +18,28 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rollout.sampler import RolloutBatch
-from validator_actors.codebook import load_codebook
-from validator_actors.ir import IRSyntaxError, _print_output, meaning, minimal, parse
+from validator_actors.codebook import Codebook, load_codebook
+from validator_actors.ir import IRSyntaxError, Meaning, meaning, minimal, minimal_suffix, parse
 from validator_actors.validator import Score
+
+
+def _meaning(program: str, cb: Codebook) -> Meaning | None:
+    try:
+        return meaning(parse(program, cb), cb)
+    except (IRSyntaxError, ValueError, KeyError):
+        return None
+
+
+def _shortcut(program: str, m: Meaning, cb: Codebook) -> str:
+    head = re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program, maxsplit=1)
+    return head[0].strip() + minimal_suffix(m, cb)
 
 
 def minimal_form(program: str) -> str | None:
     """The shortest printing of ``program``'s meaning, or None if it does not parse."""
-    try:
-        return minimal(meaning(parse(program)))
-    except (IRSyntaxError, ValueError, KeyError):
-        return None
+    cb = load_codebook()
+    m = _meaning(program, cb)
+    return None if m is None else minimal(m, cb)
 
 
 def shortcut_form(program: str) -> str | None:
@@ -38,23 +49,18 @@ def shortcut_form(program: str) -> str | None:
     None if it does not parse.
     """
     cb = load_codebook()
-    try:
-        m = meaning(parse(program, cb), cb)
-    except (IRSyntaxError, ValueError, KeyError):
-        return None
-    body = re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program, maxsplit=1)[0]
-    ctx = "" if m.context == cb.default_context else f"{cb.symbols['context']}{m.context}"
-    return body.strip() + ctx + "".join(_print_output(p, cb, short=True) for p in m.outputs)
+    m = _meaning(program, cb)
+    return None if m is None else _shortcut(program, m, cb)
 
 
 def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[int]]) -> str | None:
     """The shorter of :func:`shortcut_form` and :func:`minimal_form` in IR tokens (the shortcut
     on a tie: it keeps the policy's own order), if it means what ``program`` means."""
-    forms = [f for f in (shortcut_form(program), minimal_form(program)) if f is not None]
-    if not forms:
+    cb = load_codebook()
+    m = _meaning(program, cb)
+    if m is None:
         return None
-    want = meaning(parse(program))
-    forms = [f for f in dict.fromkeys(forms) if meaning(parse(f)) == want]
+    forms = [f for f in dict.fromkeys((_shortcut(program, m, cb), minimal(m, cb))) if _meaning(f, cb) == m]
     counts = count_tokens(forms)
     return forms[min(range(len(forms)), key=lambda i: (counts[i], i))] if forms else None
 

@@ -381,10 +381,16 @@ def _collapse(clause: tuple[Atom, ...], cb: Codebook) -> list[str]:
     return out
 
 
+def minimal_suffix(m: Meaning, cb: Codebook | None = None) -> str:
+    """What follows the clauses in the minimal form: the context unless it is the default, then
+    the outputs with the default durable root left out."""
+    cb = cb or load_codebook()
+    ctx = "" if m.context == cb.default_context else f"{cb.symbols['context']}{m.context}"
+    return ctx + "".join(_print_output(p, cb, short=True) for p in m.outputs)
+
+
 def minimal(m: Meaning, cb: Codebook | None = None) -> str:
     """The shortest surface form we know: '*' for full sets, default context and root implied."""
     cb = cb or load_codebook()
     body = cb.symbols["or"].join(cb.symbols["and"].join(_collapse(c, cb)) for c in m.clauses)
-    ctx = "" if m.context == cb.default_context else f"{cb.symbols['context']}{m.context}"
-    outs = "".join(_print_output(p, cb, short=True) for p in m.outputs)
-    return f"{body}{ctx}{outs}"
+    return body + minimal_suffix(m, cb)
