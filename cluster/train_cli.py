@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -16,6 +15,7 @@ def _train(args: argparse.Namespace) -> int:
     import ray
 
     from cluster.controller import GRPOController
+    from cluster.runtime import init_ray
     from learner.config import RunConfig
 
     try:  # a bad config fails here, before any Ray process starts
@@ -23,10 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"tinycompress train: bad config: {e}", file=sys.stderr)
         return 2
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)  # never a `ray start` cluster
+    init_ray()
     try:
         ctl = GRPOController(cfg, args.data, args.init, args.out, resume=args.resume,
                              log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -7,7 +7,6 @@ Reads the deployment settings (replicas, autoscaling, queues, batching) from
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -36,6 +35,7 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
     import ray
     from ray import serve
 
+    from cluster.runtime import init_ray
     from serve.app import compose
 
     cfg = load_config(config)
@@ -45,10 +45,7 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
     if encoder:
         args.setdefault("encoder", {})["checkpoint"] = str(Path(encoder).resolve())
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):  # a running cluster (ray start --head, KubeRay)
-            ray.init(log_to_driver=False)
-        else:  # always a fresh embedded instance, never someone else's cluster on this host
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        init_ray(num_cpus, log_to_driver=False)
     http = {**cfg["http"], "host": host, "port": port}
     serve.start(http_options=http)
     serve.run(compose(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)

@@ -48,18 +48,14 @@ def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: 
 
 def _init_ray(sweep, log) -> None:
     """Join RAY_ADDRESS, or start Ray with enough logical CPUs for max_concurrent trials."""
-    import ray
-
+    from cluster.runtime import init_ray
     from sweep.trial import trial_cpus
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
     per_trial = max(trial_cpus(sweep.trial_config(p, {})) for p in sweep.presets)
     cpus = max(os.cpu_count() or 1, math.ceil(sweep.tune.max_concurrent * per_trial))
-    log(f"[tune] embedded Ray with {cpus} logical CPUs ({os.cpu_count()} cores; a trial's placement "
-        f"group takes {per_trial:g}, {sweep.tune.max_concurrent} side by side)")
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False)  # never a `ray start` cluster by accident
+    if not init_ray(cpus):
+        log(f"[tune] embedded Ray with {cpus} logical CPUs ({os.cpu_count()} cores; a trial's placement "
+            f"group takes {per_trial:g}, {sweep.tune.max_concurrent} side by side)")
 
 
 def _fit(setup, out: Path, resume: bool, log) -> dict:
