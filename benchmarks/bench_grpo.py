@@ -45,14 +45,11 @@ def bench_variant(cfg, data: str, init: str, mode: str, workers: int, steps: int
 
 def summarize(rows: list[dict]) -> dict:
     out = {k: round(statistics.mean(r[k] for r in rows), 3) for k in PHASES}
-    out["samples_per_s"] = round(sum(len_samples(r) for r in rows) / sum(r["step_time"] for r in rows), 2)
+    samples = sum(r["samples_per_s"] * r["step_time"] for r in rows)  # B*G per step
+    out["samples_per_s"] = round(samples / sum(r["step_time"] for r in rows), 2)
     out["steps"] = len(rows)
     out["staleness_max"] = max(r["staleness"] for r in rows)
     return out
-
-
-def len_samples(row: dict) -> float:
-    return row["samples_per_s"] * row["step_time"]
 
 
 def bench_sync(preset: str, repeats: int, workers: int = 2) -> dict:

@@ -18,6 +18,7 @@ completes with every group scored once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -188,7 +189,7 @@ class GRPOController:
             redo = score([intents[i] for i in replaced], [rollout.texts[i] for i in replaced],
                          [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
             for i, s in zip(replaced, redo):
-                scores[i] = Score(i, s.reward, s.valid, s.codes, s.tokens, s.hash, s.warnings)
+                scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
         return ScoredBatch(rollout, rewards, valid), scores
