@@ -179,10 +179,12 @@ class GRPOController:
         return self.collect(rows, self.submit(rows))
 
     def score(self, rows: list[dict], rollout: RolloutBatch) -> tuple[ScoredBatch, list[Score]]:
+        """The batch the learner trains on (rewrites in place) and the scores of what was *sampled*."""
         g = self.t.group_size
         intents = [r["intent"] for r in rows for _ in range(g)]
         refs = [r["reference_hash"] for r in rows for _ in range(g)]
-        scores = self.pool.score(intents, rollout.texts, refs)
+        sampled = self.pool.score(intents, rollout.texts, refs)
+        scores = list(sampled)
         if self.t.minimal_rewrites:
             rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
                                                  self.counter)
@@ -192,7 +194,7 @@ class GRPOController:
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
-        return ScoredBatch(rollout, rewards, valid), scores
+        return ScoredBatch(rollout, rewards, valid), sampled
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)
@@ -237,7 +239,7 @@ class GRPOController:
         self.inflight = None
         rollout = self.collect(rows, refs)
         t1 = time.perf_counter()
-        batch, scores = self.score(rows, rollout)
+        batch, sampled = self.score(rows, rollout)
         t2 = time.perf_counter()
         if self.t.mode == "async":
             update_ref = self.learner.update.remote(batch)
@@ -253,7 +255,6 @@ class GRPOController:
         staleness = metrics["policy_version"] - 1 - rollout.policy_version
         if staleness > self.t.max_staleness:  # the one-deep pipeline cannot do this; fail loudly
             raise RuntimeError(f"rollouts lag the learner by {staleness} versions (max {self.t.max_staleness})")
-        sampled = [s for s in scores if batch.rollout.offpolicy is None or not batch.rollout.offpolicy[s.index]]
         return {"step": self.step, "pass_rate": sum(s.valid for s in sampled) / len(sampled),
                 "ir_tokens": sum(s.tokens for s in sampled) / len(sampled), **metrics,
                 "rollout_version": rollout.policy_version, "staleness": staleness,

@@ -3,11 +3,16 @@
 The warm-started policy is so peaked (entropy about 0.002 nats per token) that sampling at
 T = 1 almost never drops a default phase, the ``_runs/`` prefix or lists every invariant
 instead of ``I*``, so plain GRPO sees no shorter valid program to reinforce. After scoring,
-:func:`minimal_rewrites` replaces the ``k`` worst members of a group with the shortest rewrite
-of the group's best valid sample (:func:`shortest_rewrite`: the sample in its own term order
+:func:`minimal_rewrites` replaces up to ``k`` valid members of a group (never its best one, never
+a failing one) with the shortest rewrite of the group's best valid sample (:func:`shortest_rewrite`: the sample in its own term order
 without the default context and output root, or ``ir.minimal``), when that is shorter. The learner treats
 those rows as off-policy (importance ratio 1): a policy-gradient push towards a program the
 validator has already proven equivalent, weighted by its group advantage like any sample.
+
+Failing samples are never replaced: their negative advantage is the only signal that keeps the
+policy from shortening a program by cutting off what it must say (an early end-of-sequence
+that drops the outputs). Replacing them, as the first version did, hid every failure from
+the learner and from the logged train pass rate while the val pass rate fell.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
 
     Returns (batch, replaced row indices). A group is left alone when it has no valid sample,
     when the minimal form is not shorter (in IR tokens) than its best sample, or when the
-    rewrite is already among its samples. The replaced rows are the lowest-reward ones.
+    rewrite is already among its samples. The replaced rows are the lowest-reward valid samples
+    other than the best one (for a peaked policy: copies of the best sample); failing samples
+    keep their place and their negative advantage.
     """
     g = rollout.group_size
     if k <= 0:
@@ -90,7 +97,8 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
             continue
         if count_tokens([rewrite])[0] >= best.tokens:
             continue
-        for s in sorted(group, key=lambda s: (s.reward, s.index))[:k]:
+        others = [s for s in valid if s.index != best.index]
+        for s in sorted(others, key=lambda s: (s.reward, s.index))[:k]:
             plans[s.index] = rewrite
     if not plans:
         return rollout, []

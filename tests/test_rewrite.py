@@ -51,7 +51,7 @@ def _scores(batch, counter, refs):
                  token_counter=counter)
 
 
-def test_the_worst_samples_of_a_group_become_the_minimal_form(tok, counter):
+def test_valid_copies_of_the_best_sample_become_the_minimal_form(tok, counter):
     v = Validator()
     refs = [v.validate(LONG).hash, v.validate(SHORT).hash]
     groups = [[LONG, "I9&I15:execute>_runs/sprint-293&C1", LONG, "I9&"], [SHORT, "C11!", SHORT, "C12"]]
@@ -60,7 +60,7 @@ def test_the_worst_samples_of_a_group_become_the_minimal_form(tok, counter):
     out, replaced = minimal_rewrites(batch, scores, tok, 2, counter)
     rewrite = minimal_form(LONG)
     assert rewrite == "I9&I15>sprint-293" and counter([rewrite])[0] < counter([LONG])[0]
-    assert replaced == [1, 3], "the two failing samples of group 0; group 1 is already minimal"
+    assert replaced == [2], "the valid copy of the best sample; failures keep their place; group 1 is minimal"
     assert v.validate(rewrite, refs[0]).valid, "the rewrite means what the best sample means"
     for row in replaced:
         n = int(out.lengths[row])
@@ -79,6 +79,17 @@ def test_groups_without_a_valid_sample_are_left_alone(tok, counter):
     assert replaced == [] and out is batch
     with pytest.raises(ValueError, match="smaller than the group size"):
         minimal_rewrites(batch, _scores(batch, counter, refs), tok, 4, counter)
+
+
+def test_failing_samples_keep_their_negative_reward(tok, counter):
+    """A group whose only valid sample is its best gets no rewrite: the failures are the signal."""
+    v = Validator()
+    ref = v.validate(LONG).hash
+    batch = _batch(tok, [["I9&", LONG, "I9&I15", "C1"]], INTENTS[:1])
+    scores = _scores(batch, counter, [ref])
+    assert [s.valid for s in scores] == [False, True, False, False]
+    out, replaced = minimal_rewrites(batch, scores, tok, 3, counter)
+    assert replaced == [] and out is batch
 
 
 def test_offpolicy_rows_have_importance_ratio_one(tok, counter):
@@ -109,7 +120,7 @@ def test_offpolicy_rows_have_importance_ratio_one(tok, counter):
 def test_merge_keeps_offpolicy_flags(tok, counter):
     v = Validator()
     plain = _batch(tok, [[SHORT, SHORT]], INTENTS[1:])
-    batch = _batch(tok, [[LONG, "C1"]], INTENTS[:1])
+    batch = _batch(tok, [[LONG, LONG]], INTENTS[:1])
     out, _ = minimal_rewrites(batch, _scores(batch, counter, [v.validate(LONG).hash]), tok, 1, counter)
     merged = merge_rollouts([plain, out])
     assert merged.offpolicy.tolist() == [False, False, False, True]
