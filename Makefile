@@ -41,7 +41,7 @@ demo: $(STAMP)
 	  | $(BIN)/python -c 'import json, sys; r = json.load(sys.stdin); r["latent"] = r["latent"][:4] + ["..."]; print(json.dumps(r))'
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	$(BIN)/python -X faulthandler -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean-data:

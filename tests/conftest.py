@@ -188,6 +188,23 @@ IR_ALPHABET = "CIVLGSRJAPXcz0123456789*!?&|.:>@_/- \t~"
 
 
 @pytest.fixture(scope="session")
+def ray_local():
+    """The one embedded Ray of this test process, shared by every module that drives Ray in-process.
+
+    Ray does not support ``ray.shutdown()`` followed by a fresh ``ray.init()`` in one process
+    while threads that used the old session live on (ray-project/ray#31145): the suite
+    started four sessions, and CI saw the interpreter segfault at exit after every test had
+    passed. Tests that need a Ray of another shape (several nodes) run it in a subprocess.
+    """
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def tiny_grpo(tmp_path_factory):
     """A 100-intent dataset and an untrained tiny policy: the inputs of a short GRPO run."""
     from transformers import AutoTokenizer

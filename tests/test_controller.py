@@ -11,13 +11,6 @@ from learner.config import RunConfig
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def setup(tiny_grpo):
     return tiny_grpo
 

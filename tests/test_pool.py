@@ -17,14 +17,6 @@ from validator_actors.validator import Validator, score  # noqa: E402
 TIMEOUT = 60  # every ray.get / pool call in this file finishes well within this
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def make_batch(n: int) -> tuple[list[str], list[str], list[str | None]]:
     """Valid, invalid, reference-matching and mismatching samples, repeating every 12."""
     v = Validator()
@@ -50,7 +42,7 @@ def make_batch(n: int) -> tuple[list[str], list[str], list[str | None]]:
     return intents, programs, references
 
 
-def test_pool_equals_plain_score_in_order(ray_session):
+def test_pool_equals_plain_score_in_order(ray_local):
     batch = make_batch(500)
     with ValidatorPool(num_actors=2, chunk_size=37) as pool:
         got = pool.score(*batch)
@@ -61,7 +53,7 @@ def test_pool_equals_plain_score_in_order(ray_session):
     assert {c for s in got for c in s.codes} >= {"HASH_MISMATCH", "UNKNOWN_NUMBER", "EMPTY_PROGRAM"}
 
 
-def test_pool_of_two_and_of_one_agree(ray_session):
+def test_pool_of_two_and_of_one_agree(ray_local):
     batch = make_batch(300)
     with ValidatorPool(num_actors=1, chunk_size=64, inflight_per_actor=1) as one:
         a = one.score(*batch)
@@ -79,7 +71,7 @@ def test_pool_config_is_checked():
         PoolConfig(max_retries=-1)
 
 
-def test_killing_an_actor_mid_batch_loses_nothing(ray_session):
+def test_killing_an_actor_mid_batch_loses_nothing(ray_local):
     batch = make_batch(240)
     pool = ValidatorPool(num_actors=2, chunk_size=30, timeout_s=20,
                          fault=FaultInjection(delay_s=0.4))
@@ -102,7 +94,7 @@ def test_killing_an_actor_mid_batch_loses_nothing(ray_session):
     assert got == score(*batch, validator=Validator())
 
 
-def test_a_crash_without_retries_fails_exactly_that_chunk(ray_session):
+def test_a_crash_without_retries_fails_exactly_that_chunk(ray_local):
     batch = make_batch(80)
     pool = ValidatorPool(num_actors=1, chunk_size=40, timeout_s=20, max_retries=0,
                          inflight_per_actor=1, fault=FaultInjection(delay_s=1.0))
@@ -118,7 +110,7 @@ def test_a_crash_without_retries_fails_exactly_that_chunk(ray_session):
     assert pool.stats.crashes == 1 and pool.stats.retries == 0 and pool.stats.failed_samples == 40
 
 
-def test_a_chunk_that_always_times_out_fails_explicitly(ray_session):
+def test_a_chunk_that_always_times_out_fails_explicitly(ray_local):
     intents, programs, references = make_batch(200)
     programs[75] = "C3?>SLOW"  # chunk 50..99 always sleeps past the timeout
     pool = ValidatorPool(num_actors=2, chunk_size=50, timeout_s=1.0, max_retries=1,
@@ -136,7 +128,7 @@ def test_a_chunk_that_always_times_out_fails_explicitly(ray_session):
     assert pool.stats.failed_samples == 50
 
 
-def test_token_counter_pickles_and_scores_like_plain(ray_session, tmp_path):
+def test_token_counter_pickles_and_scores_like_plain(ray_local, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import models, pre_tokenizers, trainers
 
@@ -157,7 +149,7 @@ def test_token_counter_pickles_and_scores_like_plain(ray_session, tmp_path):
     assert got == score(intents, programs, references, token_counter=counter)
 
 
-def test_pool_rejects_ragged_batches(ray_session):
+def test_pool_rejects_ragged_batches(ray_local):
     with ValidatorPool(num_actors=1) as pool:
         with pytest.raises(ValueError, match="differ in length"):
             pool.score(["a"], ["C3", "C4"], [None])

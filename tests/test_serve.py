@@ -17,7 +17,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from rollout.intents import IntentGenerator, template_ids
@@ -37,13 +36,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(ray_local):
     from ray import serve
 
     from serve.app import compose
     from serve.cli import load_config
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2, log_to_driver=False)
     port = free_port()
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
@@ -62,7 +60,6 @@ def url():
         pytest.fail("the app did not become healthy in 180 s")
     yield base
     serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
