@@ -4,6 +4,10 @@ Training curves (sampled programs, rolling mean over ``--window`` steps) on the 
 panels; greedy val (with the warm start as step 0, from ``warm_start_eval.json``) on the right.
 
     python benchmarks/plot_grpo.py --out docs/img/grpo_curves.png LABEL=runs/grpo_10m ...
+
+``--frontier PNG`` also draws every greedy val evaluation of every run as a point (IR tokens
+against pass rate) with the warm start marked: a run that shortens at an equal pass rate
+has points left of the warm start and no lower.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--window", type=int, default=10)
+    p.add_argument("--frontier", help="also write the val pass rate vs IR tokens scatter here")
     p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl; the last = splits)")
     a = p.parse_args()
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
@@ -34,17 +39,14 @@ def main() -> None:
               ("ir_tokens", "IR tokens (sampled)")]
     val = [("val_reward", "val reward (greedy)"), ("val_pass_rate", "val pass rate (greedy)"),
            ("val_ir_tokens", "val IR tokens (greedy)")]
-    for run in a.runs:
-        label, folder = run.rsplit("=", 1)
-        rows = [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")]
+    runs = [(label, [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")], Path(folder))
+            for label, folder in (run.rsplit("=", 1) for run in a.runs)]
+    for label, rows, folder in runs:
         steps = [r["step"] for r in rows]
         for ax, (key, name) in zip(axes[0], panels):
             ax.plot(steps, rolling([r[key] for r in rows], a.window), label=f"{label} (mean of {a.window})")
             ax.set(xlabel="step", ylabel=name)
-        evals = [r for r in rows if "val_pass_rate" in r]
-        start = Path(folder) / "warm_start_eval.json"
-        if start.exists():
-            evals = [json.loads(start.read_text())] + evals
+        evals = val_evals(rows, folder)
         for ax, (key, name) in zip(axes[1], val):
             ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
             ax.set(xlabel="step (0 = warm start)", ylabel=name)
@@ -54,6 +56,36 @@ def main() -> None:
     fig.suptitle("GRPO from the 10m warm start (CPU, B=8 intents x G=8)")
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
+    if a.frontier:
+        frontier(runs, a.frontier)
+
+
+def val_evals(rows: list[dict], folder: Path) -> list[dict]:
+    """The run's greedy val evaluations, the warm start (step 0) first when it was saved."""
+    start = folder / "warm_start_eval.json"
+    return ([json.loads(start.read_text())] if start.exists() else []) + [r for r in rows if "val_pass_rate" in r]
+
+
+def frontier(runs: list[tuple[str, list[dict], Path]], out: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    warm = None
+    for label, rows, folder in runs:
+        evals = val_evals(rows, folder)
+        warm = next((e for e in evals if e["step"] == 0), warm)
+        later = [e for e in evals if e["step"] > 0]
+        ax.plot([e["val_ir_tokens"] for e in later], [e["val_pass_rate"] for e in later], marker="o",
+                linestyle=":", alpha=0.8, label=label)
+    if warm:
+        ax.plot([warm["val_ir_tokens"]], [warm["val_pass_rate"]], marker="*", markersize=16, color="k",
+                linestyle="none", label="warm start")
+        ax.axhline(warm["val_pass_rate"], color="k", alpha=0.3)
+        ax.axvline(warm["val_ir_tokens"], color="k", alpha=0.3)
+    ax.set(xlabel="val IR tokens (greedy, lower is shorter)", ylabel="val pass rate (greedy)",
+           title="Every greedy val evaluation: the target is up and to the left of the star")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":
