@@ -22,6 +22,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+COLORS = [plt.get_cmap("tab20")(i) for i in range(0, 20, 2)] + [plt.get_cmap("tab20")(i) for i in range(1, 20, 2)]
+
+
 def rolling(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
             for i in range(len(values))]
@@ -41,19 +44,20 @@ def main() -> None:
            ("val_ir_tokens", "val IR tokens (greedy)")]
     runs = [(label, [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")], Path(folder))
             for label, folder in (run.rsplit("=", 1) for run in a.runs)]
-    for label, rows, folder in runs:
+    for color, (label, rows, folder) in zip(COLORS, runs):
         steps = [r["step"] for r in rows]
         for ax, (key, name) in zip(axes[0], panels):
-            ax.plot(steps, rolling([r[key] for r in rows], a.window), label=f"{label} (mean of {a.window})")
+            ax.plot(steps, rolling([r[key] for r in rows], a.window), color=color,
+                    label=f"{label} (mean of {a.window})")
             ax.set(xlabel="step", ylabel=name)
         evals = val_evals(rows, folder)
         for ax, (key, name) in zip(axes[1], val):
-            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", color=color, label=label)
             ax.set(xlabel="step (0 = warm start)", ylabel=name)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("GRPO from the 10m warm start (CPU, B=8 intents x G=8)")
+    fig.suptitle("GRPO from the 10m warm start (CPU; each run's B, G and lr in its config.yaml)")
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     if a.frontier:
@@ -69,12 +73,12 @@ def val_evals(rows: list[dict], folder: Path) -> list[dict]:
 def frontier(runs: list[tuple[str, list[dict], Path]], out: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     warm = None
-    for label, rows, folder in runs:
+    for color, (label, rows, folder) in zip(COLORS, runs):
         evals = val_evals(rows, folder)
         warm = next((e for e in evals if e["step"] == 0), warm)
         later = [e for e in evals if e["step"] > 0]
         ax.plot([e["val_ir_tokens"] for e in later], [e["val_pass_rate"] for e in later], marker="o",
-                linestyle=":", alpha=0.8, label=label)
+                linestyle=":", alpha=0.8, color=color, label=label)
     if warm:
         ax.plot([warm["val_ir_tokens"]], [warm["val_pass_rate"]], marker="*", markersize=16, color="k",
                 linestyle="none", label="warm start")
