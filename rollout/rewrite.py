@@ -3,11 +3,12 @@
 The warm-started policy is so peaked (entropy about 0.002 nats per token) that sampling at
 T = 1 almost never drops a default phase, the ``_runs/`` prefix or lists every invariant
 instead of ``I*``, so plain GRPO sees no shorter valid program to reinforce. After scoring,
-:func:`minimal_rewrites` replaces up to ``k`` valid members of a group (never its best one, never
-a failing one) with the shortest rewrite of the group's best valid sample (:func:`shortest_rewrite`: the sample in its own term order
-without the default context and output root, or ``ir.minimal``), when that is shorter. The learner treats
-those rows as off-policy (importance ratio 1): a policy-gradient push towards a program the
-validator has already proven equivalent, weighted by its group advantage like any sample.
+:func:`minimal_rewrites` replaces up to ``k`` valid members of a group (never its best one,
+never a failing one) with the shortest rewrite of the group's best valid sample
+(:func:`shortest_rewrite`: the sample in its own term order without the default context and
+output root, or ``ir.minimal``), when that is shorter. The learner treats those rows as
+off-policy (importance ratio 1): a policy-gradient push towards a program the validator has
+already proven equivalent, weighted by its group advantage like any sample.
 
 Failing samples are never replaced: their negative advantage is the only signal that keeps the
 policy from shortening a program by cutting off what it must say (an early end-of-sequence
