@@ -48,7 +48,8 @@ class LearnerActor:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(threads)
-        model, tok, self.meta = load_policy(checkpoint, device=device)
+        # a learned encoding keeps training as its factors (rollout workers get it folded)
+        model, tok, self.meta = load_policy(checkpoint, device=device, trainable_encoding=True)
         self.learner = GRPOLearner(model, tok, cfg, device=device)
 
     def update(self, batch: ScoredBatch) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from learner.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
+from learner.policy import FactorizedEmbedding
 from rollout.sampler import RolloutBatch
 
 
@@ -155,6 +156,17 @@ class GRPOLearner:
         self.version = int(meta["version"])
 
     def weights(self) -> WeightsRef:
-        """The current weights as one versioned flat buffer of numpy arrays."""
-        arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in self.model.state_dict().items()}
+        """The current weights as one versioned flat buffer of numpy arrays.
+
+        A learned encoding (``d_enc``) trains as its two factors here but is published folded,
+        as the plain ``embed_tokens.weight`` that a rollout worker's model has: samplers need
+        only the product, and it is one array instead of two.
+        """
+        state = self.model.state_dict()
+        emb = self.model.model.embed_tokens
+        if isinstance(emb, FactorizedEmbedding):
+            state = {k: v for k, v in state.items() if not k.startswith("model.embed_tokens.")}
+            with torch.no_grad():
+                state["model.embed_tokens.weight"] = emb.folded()
+        arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in state.items()}
         return WeightsRef(self.version, arrays)

@@ -9,8 +9,9 @@ Each (preset, learned-encoding width) a trial can get needs a starting policy of
   factorized at that width by truncated SVD (E ~= A @ B, A: (V, d_enc), B: (d_enc, d_model),
   the best rank-d_enc approximation, Eckart-Young), the output head kept at full rank.
 
-Note: the GRPO learner loads checkpoints with the factorization folded into one (V, d_model)
-matrix, so a GRPO trial starts from the width-d_enc embedding but does not keep it low-rank.
+The GRPO learner trains the factors themselves (``LearnerActor`` loads the checkpoint with
+``trainable_encoding``), so a trial's embedding stays rank-d_enc through GRPO; rollout
+workers get the folded product.
 """
 
 from __future__ import annotations

@@ -121,3 +121,43 @@ def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, messa
     rc = main(["train", "--config", str(path), "--data", "nowhere", "--init", "nowhere", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "bad.yaml" in err
+
+
+def test_a_learned_encoding_trains_as_factors_and_reaches_workers_folded(ray_local, setup, tmp_path):
+    """A ``d_enc`` warm start keeps its two factors through GRPO; workers sample with their product."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from cluster.controller import GRPOController
+    from learner.policy import ENCODING_FILE, PRESETS, build_policy, load_policy, save_policy
+    from rollout.sampler import Sampler
+
+    tok = AutoTokenizer.from_pretrained(str(setup / "data" / "tokenizer"))
+    pcfg = dataclasses.replace(PRESETS["tiny"], d_enc=16)
+    save_policy(build_policy(pcfg, tok, seed=1), tok, pcfg, tmp_path / "init", {"stage": "init"})
+    cfg = RunConfig.from_dict({
+        "model": {"preset": "tiny", "d_enc": 16}, "grpo": {"lr": 1e-2, "max_completion_length": 12},
+        "train": {"steps": 2, "prompts_per_step": 4, "group_size": 2, "rollout_workers": 1,
+                  "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50, "eval_samples": 2,
+                  "checkpoint_every": 50, "tensorboard": False}})
+    ctl = GRPOController(cfg, setup / "data", tmp_path / "init", tmp_path / "run", log=lambda m: None)
+    try:
+        for _ in range(2):
+            ctl.train_step()
+        saved = ctl.save_checkpoint()
+        published = ray.get(ctl.learner.weights.remote(), timeout=60).arrays
+        intents = [r["intent"] for r in ctl.val_rows[:4]]
+        worker_greedy = ray.get(ctl.workers[0].greedy.remote(intents), timeout=120)
+    finally:
+        ctl.shutdown()
+    before, after = load_file(str(tmp_path / "init" / ENCODING_FILE)), load_file(str(saved / ENCODING_FILE))
+    assert not torch.equal(before["codes"], after["codes"]) and not torch.equal(before["proj"], after["proj"]), \
+        "the factors themselves were trained"
+    assert "model.embed_tokens.weight" in published and not any(".codes." in k or ".proj." in k for k in published)
+    folded = (after["codes"] @ after["proj"].T).numpy()
+    assert abs(published["model.embed_tokens.weight"] - folded).max() < 1e-5, "workers get codes @ proj"
+    model, tok2, _ = load_policy(saved)
+    assert Sampler(model, tok2, max_new_tokens=12).sample(intents, 1, greedy=True).texts == worker_greedy
