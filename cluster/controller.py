@@ -33,7 +33,7 @@ from ray.exceptions import RayActorError
 from safetensors.torch import load_file, save_file
 
 from cluster.actors import LearnerActor, RolloutActor
-from learner.config import RunConfig
+from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
 from rollout.rewrite import minimal_rewrites
@@ -43,7 +43,6 @@ from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Score, Validator, score
 
 TIMEOUT_S = 600
-LEARNER_CPUS, WORKER_CPUS, VALIDATOR_CPUS = 0.5, 0.5, 0.25  # logical; sized so 2 CPUs hold a run
 
 EvalCallback = Callable[[dict, "Path | None"], "bool | None"]
 
@@ -71,15 +70,15 @@ class GRPOController:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
         self.init = str(saved or init)
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        self.learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {"num_cpus": LEARNER_CPUS}
+        self.learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {"num_cpus": self.t.learner_cpus}
         if check_cpus:
-            _check_cpus(self.learner_opts["num_cpus"], self.t.rollout_workers, self.t.validator_actors)
+            _check_cpus(self.learner_opts["num_cpus"], self.t)
         self.learner = LearnerActor.options(**self.learner_opts).remote(self.init, cfg.grpo)
         self.workers = [self._new_worker(i) for i in range(self.t.rollout_workers)]
         self.counter = TokenCounter(self.data_dir / "tokenizer")
         self.pool = ValidatorPool(num_actors=self.t.validator_actors, timeout_s=60.0,
                                   token_counter=self.counter,
-                                  actor_options={"num_cpus": VALIDATOR_CPUS})
+                                  actor_options={"num_cpus": self.t.validator_cpus})
         self.validator = Validator()
         self.tokenizer = None
         if self.t.minimal_rewrites:
@@ -96,7 +95,7 @@ class GRPOController:
 
     def _new_worker(self, i: int):
         resources = {self.t.rollout_resource: 0.01} if self.t.rollout_resource else None
-        return RolloutActor.options(num_cpus=WORKER_CPUS, resources=resources).remote(
+        return RolloutActor.options(num_cpus=self.t.worker_cpus, resources=resources).remote(
             self.init, temperature=self.cfg.grpo.temperature, top_p=self.t.top_p,
             max_new_tokens=self.t.max_new_tokens, seed=self.t.seed + i + 1000 * self.worker_restarts)
 
@@ -339,17 +338,18 @@ def _progress_line(m: dict, steps: int) -> str:
     return line
 
 
-def _check_cpus(learner_cpus: float, workers: int, validators: int, wait_s: float = 30.0) -> None:
+def _check_cpus(learner_cpus: float, t: TrainConfig, wait_s: float = 30.0) -> None:
     """Fail at start, with the arithmetic, when the cluster cannot hold the run's actors."""
-    need = learner_cpus + WORKER_CPUS * workers + VALIDATOR_CPUS * validators
+    need = learner_cpus + t.worker_cpus * t.rollout_workers + t.validator_cpus * t.validator_actors
     deadline = time.monotonic() + wait_s  # actors just killed free their CPUs lazily
     while (free := ray.available_resources().get("CPU", 0.0)) + 1e-9 < need and time.monotonic() < deadline:
         time.sleep(0.5)
     if need > free + 1e-9:
         raise RuntimeError(
-            f"this run needs {need:g} logical CPUs (learner {learner_cpus:g}, {workers} rollout workers x "
-            f"{WORKER_CPUS}, {validators} validators x {VALIDATOR_CPUS}) but the cluster has {free:g} free: "
-            "lower train.rollout_workers / train.validator_actors or start Ray with more (logical) CPUs")
+            f"this run needs {need:g} logical CPUs (learner {learner_cpus:g}, {t.rollout_workers} rollout workers "
+            f"x {t.worker_cpus:g}, {t.validator_actors} validators x {t.validator_cpus:g}) but the cluster has "
+            f"{free:g} free: lower train.rollout_workers / validator_actors / *_cpus or start Ray with more "
+            "(logical) CPUs")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

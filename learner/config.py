@@ -132,6 +132,14 @@ class TrainConfig:
     rollout_resource: str | None = None
     """A custom Ray resource each rollout worker asks for (0.01 of it), to pin the workers to the
     nodes started with it, e.g. ``ray start --resources='{"rollout": 100}'`` (None = anywhere)."""
+    learner_cpus: float = 0.5
+    """Logical CPUs the learner actor reserves on a CPU-only cluster (a GPU learner takes 0.01)."""
+    worker_cpus: float = 0.5
+    """Logical CPUs each rollout worker actor reserves."""
+    validator_cpus: float = 0.25
+    """Logical CPUs each validator actor reserves. The defaults fit a run with 2 workers and 1
+    validator in 2 CPUs; smaller values pack more onto a node (a Tune trial into 1 CPU), at
+    the price of the actors sharing cores."""
 
     def __post_init__(self):
         if self.mode not in ("sync", "async"):
@@ -151,6 +159,9 @@ class TrainConfig:
         if self.prompts_per_step % self.rollout_workers:
             raise ValueError(f"train.prompts_per_step ({self.prompts_per_step}) must be divisible by "
                              f"train.rollout_workers ({self.rollout_workers})")
+        if min(self.learner_cpus, self.worker_cpus, self.validator_cpus) <= 0:
+            raise ValueError("train.learner_cpus, worker_cpus and validator_cpus must be > 0 (logical CPUs; "
+                             f"got {self.learner_cpus}, {self.worker_cpus}, {self.validator_cpus})")
         if min(self.steps, self.eval_every, self.eval_samples, self.checkpoint_every) < 1:
             raise ValueError("train.steps, eval_every, eval_samples and checkpoint_every must be >= 1")
 

@@ -54,19 +54,18 @@ def mean_intent_tokens(data_dir: str | Path, samples: set[int]) -> dict[int, flo
 def trial_resources(trial: dict, setup: TrialSetup, gpu: bool) -> tune.PlacementGroupFactory:
     """One bundle for the trial process and one per controller actor, each the size it asks for."""
     t = setup.config(trial).train
-    learner = {"CPU": 0.01, "GPU": 1} if gpu else {"CPU": controller.LEARNER_CPUS}
-    worker = {"CPU": controller.WORKER_CPUS, **({t.rollout_resource: 0.01} if t.rollout_resource else {})}
+    learner = {"CPU": 0.01, "GPU": 1} if gpu else {"CPU": t.learner_cpus}
+    worker = {"CPU": t.worker_cpus, **({t.rollout_resource: 0.01} if t.rollout_resource else {})}
     return tune.PlacementGroupFactory(
         [{"CPU": DRIVER_CPUS}, learner]
         + [worker] * t.rollout_workers
-        + [{"CPU": controller.VALIDATOR_CPUS}] * t.validator_actors)
+        + [{"CPU": t.validator_cpus}] * t.validator_actors)
 
 
 def trial_cpus(cfg: RunConfig) -> float:
     """Logical CPUs of one trial's placement group on a CPU-only cluster."""
     t = cfg.train
-    return (DRIVER_CPUS + controller.LEARNER_CPUS + controller.WORKER_CPUS * t.rollout_workers
-            + controller.VALIDATOR_CPUS * t.validator_actors)
+    return DRIVER_CPUS + t.learner_cpus + t.worker_cpus * t.rollout_workers + t.validator_cpus * t.validator_actors
 
 
 def run_trial(trial: dict, setup: TrialSetup) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import ray
@@ -110,6 +111,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"stepz": 3}, "unknown key train.stepz"),
     ({"mode": "turbo"}, "train.mode must be sync or async"),
     ({"minimal_rewrites": 4, "group_size": 4}, "train.minimal_rewrites must be in"),
+    ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):
     import yaml
@@ -161,3 +163,26 @@ def test_a_learned_encoding_trains_as_factors_and_reaches_workers_folded(ray_loc
     assert abs(published["model.embed_tokens.weight"] - folded).max() < 1e-5, "workers get codes @ proj"
     model, tok2, _ = load_policy(saved)
     assert Sampler(model, tok2, max_new_tokens=12).sample(intents, 1, greedy=True).texts == worker_greedy
+
+
+def test_actor_sizes_come_from_the_config(ray_local, setup, tmp_path):
+    """``train.*_cpus`` set what each actor reserves: 1 learner + 2 workers + 1 validator at 0.25 = 1 CPU."""
+    from cluster.controller import GRPOController
+
+    cfg = RunConfig.from_dict({
+        "model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
+        "train": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 2,
+                  "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50, "eval_samples": 2,
+                  "checkpoint_every": 50, "tensorboard": False,
+                  "learner_cpus": 0.25, "worker_cpus": 0.25, "validator_cpus": 0.25}})
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 60  # actors of earlier tests give their CPUs back lazily
+    while ray.available_resources().get("CPU", 0.0) < total - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ctl = GRPOController(cfg, setup / "data", setup / "init", tmp_path / "run", log=lambda m: None)
+    try:
+        ctl.train_step()  # every actor is up and has worked
+        used = total - ray.available_resources().get("CPU", 0.0)
+    finally:
+        ctl.shutdown()
+    assert used == pytest.approx(1.0, abs=0.02)
