@@ -75,8 +75,8 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
                      count_tokens: Callable[[Sequence[str]], list[int]]) -> tuple[RolloutBatch, list[int]]:
     """A copy of ``rollout`` with up to ``k`` rows per group replaced by a shorter rewrite.
 
-    Returns (batch, replaced row indices). A group is left alone when it has no valid sample,
-    when the minimal form is not shorter (in IR tokens) than its best sample, or when the
+    Returns (batch, replaced row indices). A group is left alone when it has fewer than two valid
+    samples, when the minimal form is not shorter (in IR tokens) than its best sample, or when the
     rewrite is already among its samples. The replaced rows are the lowest-reward valid samples
     other than the best one (for a peaked policy: copies of the best sample); failing samples
     keep their place and their negative advantage.
@@ -90,15 +90,15 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
     for start in range(0, len(scores), g):
         group = list(scores[start : start + g])
         valid = [s for s in group if s.valid]
-        if not valid:
+        if len(valid) < 2:  # nothing but the best sample could be replaced: skip the rewrite's parsing
             continue
         best = max(valid, key=lambda s: (s.reward, -s.index))
+        others = [s for s in valid if s.index != best.index]
         rewrite = shortest_rewrite(rollout.texts[best.index], count_tokens)
         if rewrite is None or rewrite in rollout.texts[start : start + g]:
             continue
         if count_tokens([rewrite])[0] >= best.tokens:
             continue
-        others = [s for s in valid if s.index != best.index]
         for s in sorted(others, key=lambda s: (s.reward, s.index))[:k]:
             plans[s.index] = rewrite
     if not plans:
