@@ -340,7 +340,7 @@ def _progress_line(m: dict, steps: int) -> str:
 
 def _check_cpus(learner_cpus: float, t: TrainConfig, wait_s: float = 30.0) -> None:
     """Fail at start, with the arithmetic, when the cluster cannot hold the run's actors."""
-    need = learner_cpus + t.worker_cpus * t.rollout_workers + t.validator_cpus * t.validator_actors
+    need = t.actor_cpus(learner_cpus)
     deadline = time.monotonic() + wait_s  # actors just killed free their CPUs lazily
     while (free := ray.available_resources().get("CPU", 0.0)) + 1e-9 < need and time.monotonic() < deadline:
         time.sleep(0.5)

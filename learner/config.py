@@ -141,6 +141,12 @@ class TrainConfig:
     validator in 2 CPUs; smaller values pack more onto a node (a Tune trial into 1 CPU), at
     the price of the actors sharing cores."""
 
+    def actor_cpus(self, learner_cpus: float | None = None) -> float:
+        """Logical CPUs the run's actors reserve together (``learner_cpus`` overrides the
+        learner's share, e.g. 0.01 for a GPU learner)."""
+        learner = self.learner_cpus if learner_cpus is None else learner_cpus
+        return learner + self.worker_cpus * self.rollout_workers + self.validator_cpus * self.validator_actors
+
     def __post_init__(self):
         if self.mode not in ("sync", "async"):
             raise ValueError(f"train.mode must be sync or async, got {self.mode!r}")

@@ -64,8 +64,7 @@ def trial_resources(trial: dict, setup: TrialSetup, gpu: bool) -> tune.Placement
 
 def trial_cpus(cfg: RunConfig) -> float:
     """Logical CPUs of one trial's placement group on a CPU-only cluster."""
-    t = cfg.train
-    return DRIVER_CPUS + t.learner_cpus + t.worker_cpus * t.rollout_workers + t.validator_cpus * t.validator_actors
+    return DRIVER_CPUS + cfg.train.actor_cpus()
 
 
 def run_trial(trial: dict, setup: TrialSetup) -> None:
