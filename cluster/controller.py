@@ -186,7 +186,7 @@ class GRPOController:
         scores = list(sampled)
         if self.t.minimal_rewrites:
             rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
-                                                 self.counter)
+                                                 self.counter, self.t.rewrite_form)
             redo = score([intents[i] for i in replaced], [rollout.texts[i] for i in replaced],
                          [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
             for i, s in zip(replaced, redo):

@@ -16,6 +16,7 @@ import yaml
 
 from learner.grpo_learner import GRPOConfig
 from learner.policy import PRESETS, PolicyConfig
+from rollout.rewrite import REWRITE_FORMS
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ class TrainConfig:
     """Stop after this many evaluations without a better val reward (0 = never)."""
     minimal_rewrites: int = 0
     """Group members replaced by the IR-minimal rewrite of the group's best valid sample (0 = off)."""
+    rewrite_form: str = "shortcut"
+    """Which of the equally short rewrites wins (``rollout.rewrite.shortest_rewrite``): ``edit``
+    keeps every token of the sample but a default context, ``shortcut`` also drops the default
+    output root."""
     tensorboard: bool = True
     """Also write every metric to RUN/tensorboard."""
     rollout_resource: str | None = None
@@ -157,6 +162,8 @@ class TrainConfig:
         if not 0 <= self.minimal_rewrites < self.group_size:
             raise ValueError(f"train.minimal_rewrites must be in [0, group_size) = [0, {self.group_size}), "
                              f"got {self.minimal_rewrites}")
+        if self.rewrite_form not in REWRITE_FORMS:
+            raise ValueError(f"train.rewrite_form must be one of {REWRITE_FORMS}, got {self.rewrite_form!r}")
         if self.group_size < 2:
             raise ValueError(f"train.group_size must be >= 2 (got {self.group_size}): GRPO's "
                              "advantage compares completions within a group")

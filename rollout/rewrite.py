@@ -41,6 +41,17 @@ def _shortcut(program: str, m: Meaning, cb: Codebook) -> str:
     return head[0].strip() + minimal_suffix(m, cb)
 
 
+def _context_dropped(program: str, m: Meaning, cb: Codebook) -> str:
+    """``program`` with only a default context left out: every other token as sampled."""
+    if m.context != cb.default_context:
+        return program
+    ctx, out = re.escape(cb.symbols["context"]), re.escape(cb.symbols["output"])
+    return re.sub(f"{ctx}[^{out}]*", "", program, count=1)
+
+
+REWRITE_FORMS = ("edit", "shortcut")
+
+
 def minimal_form(program: str) -> str | None:
     """The shortest printing of ``program``'s meaning, or None if it does not parse."""
     cb = load_codebook()
@@ -59,20 +70,33 @@ def shortcut_form(program: str) -> str | None:
     return None if m is None else _shortcut(program, m, cb)
 
 
-def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[int]]) -> str | None:
-    """The shorter of :func:`shortcut_form` and :func:`minimal_form` in IR tokens (the shortcut
-    on a tie: it keeps the policy's own order), if it means what ``program`` means."""
+def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[int]],
+                     form: str = "shortcut") -> str | None:
+    """The shortest equivalent of ``program`` in IR tokens, if one parses to what it means.
+
+    Candidates, in their order of preference on a tie: for ``form="edit"`` first ``program``
+    with only a default context dropped (``C2?&V:execute>_runs/x_14`` -> ``C2?&V>_runs/x_14``:
+    the one token the policy must learn to skip, every other token as it sampled them), then
+    :func:`shortcut_form` (also the default output root left out), then :func:`minimal_form`;
+    ``form="shortcut"`` starts at the shortcut.
+    """
+    if form not in REWRITE_FORMS:
+        raise ValueError(f"rewrite form must be one of {REWRITE_FORMS}, got {form!r}")
     cb = load_codebook()
     m = _meaning(program, cb)
     if m is None:
         return None
-    forms = [f for f in dict.fromkeys((_shortcut(program, m, cb), minimal(m, cb))) if _meaning(f, cb) == m]
+    candidates = (_shortcut(program, m, cb), minimal(m, cb))
+    if form == "edit":
+        candidates = (_context_dropped(program, m, cb), *candidates)
+    forms = [f for f in dict.fromkeys(candidates) if _meaning(f, cb) == m]
     counts = count_tokens(forms)
     return forms[min(range(len(forms)), key=lambda i: (counts[i], i))] if forms else None
 
 
 def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, k: int,
-                     count_tokens: Callable[[Sequence[str]], list[int]]) -> tuple[RolloutBatch, list[int]]:
+                     count_tokens: Callable[[Sequence[str]], list[int]],
+                     form: str = "shortcut") -> tuple[RolloutBatch, list[int]]:
     """A copy of ``rollout`` with up to ``k`` rows per group replaced by a shorter rewrite.
 
     Returns (batch, replaced row indices). A group is left alone when it has fewer than two valid
@@ -94,7 +118,7 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
             continue
         best = max(valid, key=lambda s: (s.reward, -s.index))
         others = [s for s in valid if s.index != best.index]
-        rewrite = shortest_rewrite(rollout.texts[best.index], count_tokens)
+        rewrite = shortest_rewrite(rollout.texts[best.index], count_tokens, form)
         if rewrite is None or rewrite in rollout.texts[start : start + g]:
             continue
         if count_tokens([rewrite])[0] >= best.tokens:

@@ -140,3 +140,34 @@ def test_shortcuts_keep_the_samples_own_order_and_meaning(counter):
     for program in (sample, every, "I18?&C8?|I1?:build"):
         assert meaning(parse(shortest_rewrite(program, counter))) == meaning(parse(program))
     assert shortcut_form("I9&&") is None and shortest_rewrite("I9&&", counter) is None
+
+
+def test_the_edit_form_drops_only_the_default_context(tok, counter):
+    """``edit`` keeps the sampled output token (``>_runs/...``) and skips ``:execute``: as short
+    as the shortcut, one token different from the sample instead of two."""
+    from rollout.rewrite import shortest_rewrite
+    from validator_actors.ir import meaning, parse
+
+    sample = "C2?&V:execute>_runs/backfill_14"
+    edit = shortest_rewrite(sample, counter, "edit")
+    assert edit == "C2?&V>_runs/backfill_14" != shortest_rewrite(sample, counter, "shortcut")
+    assert counter([edit])[0] == counter([sample])[0] - 1 == counter([shortest_rewrite(sample, counter)])[0]
+    spelled, edited = (tok.tokenize(p) for p in (sample, edit))
+    assert [t for t in spelled if t != ":execute"] == edited, "every other token as sampled"
+    assert meaning(parse(edit)) == meaning(parse(sample))
+    assert shortest_rewrite("V&C9:execute", counter, "edit") == "V&C9"
+    assert shortest_rewrite("I18?&C8?|I1?:build", counter, "edit") == "I18?&C8?|I1?:build", "a context that is not the default stays"
+    every = "&".join(f"I{i}" for i in range(1, 21)) + ":execute>_runs/x_1"
+    assert "I*" in shortest_rewrite(every, counter, "edit"), "a strictly shorter form still wins"
+    with pytest.raises(ValueError, match="rewrite form must be one of"):
+        shortest_rewrite(sample, counter, "shortest")
+
+
+def test_minimal_rewrites_pass_the_form_through(tok, counter):
+    v = Validator()
+    long = "C2?&V:execute>_runs/backfill_14"
+    batch = _batch(tok, [[long, long, long]], ["check two and V, write backfill_14"])
+    scores = _scores(batch, counter, [v.validate(long).hash])
+    out, replaced = minimal_rewrites(batch, scores, tok, 1, counter, "edit")
+    assert len(replaced) == 1 and out.texts[replaced[0]] == "C2?&V>_runs/backfill_14"
+    assert v.validate(out.texts[replaced[0]], v.validate(long).hash).valid
