@@ -40,6 +40,10 @@ class GRPOConfig:
     """Longest completion; dr_grpo's normalizer."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    valid_floor: float | None = None
+    """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
+    None: off, plain group advantages). Pushing a valid sample's token down hands its
+    probability to the runner-up, which for a peaked policy is often an early end of sequence."""
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -106,6 +110,13 @@ class GRPOLearner:
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp, entropy.detach()
 
+    def advantages(self, batch: ScoredBatch) -> torch.Tensor:
+        """(N,) group advantages of ``batch``, valid rows floored at ``cfg.valid_floor`` if set."""
+        adv = group_advantages(batch.rewards.float(), batch.rollout.group_size, self.cfg.scale)
+        if self.cfg.valid_floor is not None:
+            adv = torch.where(batch.valid, adv.clamp(min=self.cfg.valid_floor), adv)
+        return adv
+
     def update(self, batch: ScoredBatch) -> dict[str, float]:
         """One optimizer step on ``batch``; returns the loss and its metrics."""
         ro, cfg = batch.rollout, self.cfg
@@ -115,7 +126,7 @@ class GRPOLearner:
         if self.ref is not None:
             with torch.no_grad():
                 ref_logp, _ = self.completion_logprobs(self.ref, ro)
-        adv = group_advantages(batch.rewards.float(), ro.group_size, cfg.scale).to(self.device)
+        adv = self.advantages(batch).to(self.device)
         old_logp = ro.logprobs.to(self.device)
         if ro.offpolicy is not None and bool(ro.offpolicy.any()):
             # rows the sampler did not draw (IR rewrites) have no behaviour log-probs: ratio 1

@@ -51,6 +51,20 @@ def test_one_update_changes_every_parameter_with_a_finite_loss(tok, beta):
     assert ("kl" in metrics) == (beta > 0) and "entropy" in metrics
 
 
+def test_valid_floor_only_lifts_valid_programs(tok):
+    """``valid_floor=0``: a valid sample below its group mean is not pushed down; failures keep
+    their negative advantage; off (None) it is plain group advantages."""
+    model = build_policy(PRESETS["tiny"], tok, seed=3).eval()
+    batch = _scored(model, tok)
+    rewards = torch.tensor([1.0, 0.2, 1.0, -1.0, 0.5, 0.5, 0.5, 0.2])
+    batch = ScoredBatch(batch.rollout, rewards, rewards > -1)
+    plain = GRPOLearner(model, tok, GRPOConfig()).advantages(batch)
+    floored = GRPOLearner(model, tok, GRPOConfig(valid_floor=0.0)).advantages(batch)
+    assert bool((plain[batch.valid] < 0).any()), "the case needs a valid row below its group mean"
+    assert torch.equal(floored[~batch.valid], plain[~batch.valid]) and bool((floored[~batch.valid] < 0).all())
+    assert torch.equal(floored[batch.valid], plain[batch.valid].clamp(min=0))
+
+
 def test_weights_sync_to_a_rollout_copy(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=2)
     learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-3))
