@@ -36,7 +36,7 @@ from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
-from rollout.rewrite import minimal_rewrites
+from rollout.rewrite import early_end_negatives, minimal_rewrites
 from rollout.sampler import RolloutBatch, merge_rollouts
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
@@ -81,7 +81,7 @@ class GRPOController:
                                   actor_options={"num_cpus": self.t.validator_cpus})
         self.validator = Validator()
         self.tokenizer = None
-        if self.t.minimal_rewrites:
+        if self.t.minimal_rewrites or cfg.grpo.unlikelihood > 0:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.init)
@@ -193,7 +193,9 @@ class GRPOController:
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
-        return ScoredBatch(rollout, rewards, valid), sampled
+        negatives = (early_end_negatives(rollout, scores, self.tokenizer)
+                     if self.cfg.grpo.unlikelihood > 0 else None)
+        return ScoredBatch(rollout, rewards, valid, negatives), sampled
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)

@@ -40,6 +40,11 @@ class GRPOConfig:
     """Longest completion; dr_grpo's normalizer."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    unlikelihood: float = 0.0
+    """Weight of the unlikelihood term -log(1 - p(<eos>)) on the validator-proven wrong endings
+    of ``ScoredBatch.negatives`` (``rollout.rewrite.early_end_negatives``; 0 = off, and the
+    controller builds none). Its gradient is p(<eos>) itself: nothing while the policy does not
+    end there, a growing push back as soon as it starts to."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -50,8 +55,8 @@ class GRPOConfig:
             raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.scale not in SCALES:
             raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
-        if self.lr <= 0 or self.temperature <= 0 or self.beta < 0:
-            raise ValueError("grpo.lr and grpo.temperature must be > 0 and grpo.beta >= 0")
+        if self.lr <= 0 or self.temperature <= 0 or self.beta < 0 or self.unlikelihood < 0:
+            raise ValueError("grpo.lr and grpo.temperature must be > 0, grpo.beta and grpo.unlikelihood >= 0")
 
 
 @dataclass
@@ -61,6 +66,7 @@ class ScoredBatch:
     rollout: RolloutBatch
     rewards: torch.Tensor  # (B*G,) float32, prompt-major like rollout rows
     valid: torch.Tensor  # (B*G,) bool, passed the validator
+    negatives: RolloutBatch | None = None  # wrong endings for the unlikelihood term (group size 1)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,14 @@ class GRPOLearner:
             adv = torch.where(batch.valid, adv.clamp(min=self.cfg.valid_floor), adv)
         return adv
 
+    def unlikelihood(self, negatives: RolloutBatch) -> tuple[torch.Tensor, float]:
+        """(mean of -log(1 - p) over the last token of each row, mean p): Welleck et al. 2019's
+        unlikelihood loss on each wrong ending, at the sampling temperature."""
+        logp, _ = self.completion_logprobs(self.model, negatives)
+        last = (negatives.lengths - 1).to(self.device)[:, None]
+        p_end = logp.gather(1, last).squeeze(1).exp()
+        return -torch.log1p(-p_end.clamp(max=1 - 1e-6)).mean(), float(p_end.detach().mean())
+
     def update(self, batch: ScoredBatch) -> dict[str, float]:
         """One optimizer step on ``batch``; returns the loss and its metrics."""
         ro, cfg = batch.rollout, self.cfg
@@ -136,6 +150,10 @@ class GRPOLearner:
             cfg.loss_type, cfg.eps_low, cfg.eps_high, cfg.beta, cfg.max_completion_length,
             entropy=entropy,
         )
+        if cfg.unlikelihood > 0 and batch.negatives is not None:
+            term, p_end = self.unlikelihood(batch.negatives)
+            loss = loss + cfg.unlikelihood * term
+            metrics.update(unlikelihood=float(term.detach()), early_end_p=p_end)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -37,8 +37,7 @@ def _meaning(program: str, cb: Codebook) -> Meaning | None:
 
 
 def _shortcut(program: str, m: Meaning, cb: Codebook) -> str:
-    head = re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program, maxsplit=1)
-    return head[0].strip() + minimal_suffix(m, cb)
+    return _head(program, cb) + minimal_suffix(m, cb)
 
 
 def _context_dropped(program: str, m: Meaning, cb: Codebook) -> str:
@@ -50,6 +49,12 @@ def _context_dropped(program: str, m: Meaning, cb: Codebook) -> str:
 
 
 REWRITE_FORMS = ("edit", "shortcut")
+
+
+def _head(program: str, cb: Codebook) -> str:
+    """The clauses of ``program``: everything before its context or outputs."""
+    return re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program,
+                    maxsplit=1)[0].strip()
 
 
 def minimal_form(program: str) -> str | None:
@@ -149,3 +154,39 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
     out = RolloutBatch(rollout.prompts, rollout.prompt_ids, ids, logprobs, mask, lengths, texts,
                        rollout.group_size, rollout.policy_version, offpolicy)
     return out, rows
+
+
+def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenizer) -> RolloutBatch | None:
+    """Endings the validator proves wrong: per group, the clauses of its best valid sample
+    followed by ``<eos>``, when what it leaves out means something (outputs, a context that is
+    not the default). ``C2?&V:execute>_runs/x_14`` gives ``C2?&V<eos>``; ``V&C9:execute`` gives
+    nothing, since ``V&C9`` means the same (it is that group's rewrite).
+
+    The shortcut the rewrites teach is "end after the clauses" where the context is the default
+    and nothing is written. A policy generalizes it to intents that do write outputs, whose
+    output token it must otherwise learn name by name. These rows are the counter-examples,
+    one per group (``group_size`` 1, off-policy), for the learner's unlikelihood term on the
+    last token (``GRPOConfig.unlikelihood``). None when no group has one.
+    """
+    cb = load_codebook()
+    g = rollout.group_size
+    picks: list[tuple[int, str]] = []
+    for start in range(0, len(scores), g):
+        valid = [s for s in scores[start : start + g] if s.valid]
+        if not valid:
+            continue
+        text = rollout.texts[max(valid, key=lambda s: (s.reward, -s.index)).index]
+        m, head = _meaning(text, cb), _head(text, cb)
+        if m is not None and head and _meaning(head, cb) != m:
+            picks.append((start // g, head))
+    if not picks:
+        return None
+    seqs = [tokenizer(head, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, head in picks]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), True
+    return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
+                        ids, torch.zeros(ids.shape), mask, mask.sum(1), [head for _, head in picks], 1,
+                        rollout.policy_version, torch.ones(len(seqs), dtype=torch.bool))

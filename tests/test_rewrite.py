@@ -171,3 +171,47 @@ def test_minimal_rewrites_pass_the_form_through(tok, counter):
     out, replaced = minimal_rewrites(batch, scores, tok, 1, counter, "edit")
     assert len(replaced) == 1 and out.texts[replaced[0]] == "C2?&V>_runs/backfill_14"
     assert v.validate(out.texts[replaced[0]], v.validate(long).hash).valid
+
+
+def test_early_end_negatives_are_the_endings_that_drop_meaning(tok, counter):
+    """Outputs or a non-default context after the clauses give a ``clauses<eos>`` row that the
+    validator fails; a default context with no outputs gives none (ending there is the rewrite)."""
+    from rollout.rewrite import early_end_negatives
+
+    v = Validator()
+    programs = ["C2?&V:execute>_runs/backfill_14", "V&C9:execute", "I18?&C8?|I1?:build"]
+    refs = [v.validate(p).hash for p in programs]
+    batch = _batch(tok, [[p, p] for p in programs], ["write backfill_14", "check V and C9", "build it"])
+    neg = early_end_negatives(batch, _scores(batch, counter, refs), tok)
+    assert neg.texts == ["C2?&V", "I18?&C8?|I1?"] and neg.prompts == [batch.prompts[0], batch.prompts[2]]
+    assert neg.group_size == 1 and bool(neg.offpolicy.all())
+    for row, ref in zip(range(2), (refs[0], refs[2])):
+        n = int(neg.lengths[row])
+        assert not v.validate(neg.texts[row], ref).valid, "a proven-wrong ending"
+        assert int(neg.completion_ids[row, n - 1]) == tok.eos_token_id and bool(neg.mask[row, :n].all())
+        assert tok.decode(neg.completion_ids[row, : n - 1]).replace(" ", "") == neg.texts[row]
+    failing = _scores(batch, counter, [v.validate("C1").hash] * 3)  # nothing valid: nothing to cut
+    assert early_end_negatives(batch, failing, tok) is None
+
+
+def test_unlikelihood_pushes_the_wrong_ending_down(tok):
+    from rollout.rewrite import early_end_negatives
+
+    v = Validator()
+    program = "C2?&V:execute>_runs/backfill_14"
+    batch = _batch(tok, [[program] * 4], ["check two and V, write backfill_14"])
+    counter = TokenCounter(CKPT)
+    scores = _scores(batch, counter, [v.validate(program).hash])
+    neg = early_end_negatives(batch, scores, tok)
+    model = build_policy(PRESETS["tiny"], tok, seed=0)
+    rewards = torch.tensor([s.reward for s in scores])
+    scored = ScoredBatch(batch, rewards, rewards > 0, neg)  # equal rewards: zero advantages
+    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-2, unlikelihood=1.0))
+    _, before = learner.unlikelihood(neg)
+    metrics = learner.update(scored)
+    _, after = learner.unlikelihood(neg)
+    assert metrics["early_end_p"] == pytest.approx(before, rel=1e-4) and after < before
+    plain = GRPOLearner(build_policy(PRESETS["tiny"], tok, seed=0), tok, GRPOConfig(lr=1e-2))
+    assert "unlikelihood" not in plain.update(scored), "unlikelihood 0 is off"
+    _, drift = plain.unlikelihood(neg)  # the same step without the term: weight decay only
+    assert drift == pytest.approx(before, rel=1e-3) and after < 0.75 * drift
