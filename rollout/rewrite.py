@@ -48,7 +48,14 @@ def _context_dropped(program: str, m: Meaning, cb: Codebook) -> str:
     return re.sub(f"{ctx}[^{out}]*", "", program, count=1)
 
 
-REWRITE_FORMS = ("edit", "shortcut")
+def _clauses_collapsed(program: str, m: Meaning, cb: Codebook) -> str:
+    """``program`` with its clauses in their minimal form (``C*`` for all 13 contract rules, ``I*``
+    for all 20 invariants, duplicates out) and its context and outputs exactly as sampled."""
+    cut = re.search(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program)
+    return _head(minimal(m, cb), cb) + (program[cut.start():] if cut else "")
+
+
+REWRITE_FORMS = ("edit", "shortcut", "clauses")
 
 
 def _head(program: str, cb: Codebook) -> str:
@@ -83,7 +90,8 @@ def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[
     with only a default context dropped (``C2?&V:execute>_runs/x_14`` -> ``C2?&V>_runs/x_14``:
     the one token the policy must learn to skip, every other token as it sampled them), then
     :func:`shortcut_form` (also the default output root left out), then :func:`minimal_form`;
-    ``form="shortcut"`` starts at the shortcut.
+    ``form="shortcut"`` starts at the shortcut. ``form="clauses"`` has one candidate: the
+    clauses in minimal form, context and outputs as sampled (never a new ending).
     """
     if form not in REWRITE_FORMS:
         raise ValueError(f"rewrite form must be one of {REWRITE_FORMS}, got {form!r}")
@@ -92,7 +100,9 @@ def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[
     if m is None:
         return None
     candidates = (_shortcut(program, m, cb), minimal(m, cb))
-    if form == "edit":
+    if form == "clauses":
+        candidates = (_clauses_collapsed(program, m, cb),)
+    elif form == "edit":
         candidates = (_context_dropped(program, m, cb), *candidates)
     forms = [f for f in dict.fromkeys(candidates) if _meaning(f, cb) == m]
     counts = count_tokens(forms)

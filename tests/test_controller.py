@@ -111,7 +111,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"stepz": 3}, "unknown key train.stepz"),
     ({"mode": "turbo"}, "train.mode must be sync or async"),
     ({"minimal_rewrites": 4, "group_size": 4}, "train.minimal_rewrites must be in"),
-    ({"rewrite_form": "shortest"}, "train.rewrite_form must be one of ('edit', 'shortcut')"),
+    ({"rewrite_form": "shortest"}, "train.rewrite_form must be one of ('edit', 'shortcut', 'clauses')"),
     ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):

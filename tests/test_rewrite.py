@@ -215,3 +215,21 @@ def test_unlikelihood_pushes_the_wrong_ending_down(tok):
     assert "unlikelihood" not in plain.update(scored), "unlikelihood 0 is off"
     _, drift = plain.unlikelihood(neg)  # the same step without the term: weight decay only
     assert drift == pytest.approx(before, rel=1e-3) and after < 0.75 * drift
+
+
+def test_the_clauses_form_collapses_clauses_and_keeps_the_ending(counter):
+    """``clauses``: ``C*`` / ``I*`` and no duplicates, the context and outputs as sampled, so the
+    policy never learns a new place to end."""
+    from rollout.rewrite import shortest_rewrite
+    from validator_actors.ir import meaning, parse
+
+    every = "&".join(f"C{i}!" for i in range(1, 14))
+    cases = {every + "&S?:audit": "C*!&S?:audit",
+             "&".join(f"I{i}?" for i in range(1, 21)) + "&V!:execute": "I*?&V!:execute",
+             "C5!&J?&I20|I10?&I10?:validate>_runs/perf_320": "C5!&I20&J?|I10?:validate>_runs/perf_320",
+             "C2?&V:execute>_runs/backfill_14": "C2?&V:execute>_runs/backfill_14"}
+    for program, expected in cases.items():
+        rewrite = shortest_rewrite(program, counter, "clauses")
+        assert rewrite == expected and meaning(parse(rewrite)) == meaning(parse(program))
+        assert rewrite.endswith(program[len(program.split(":")[0]):]), "the ending as sampled"
+    assert counter([cases[every + "&S?:audit"]])[0] < counter([every + "&S?:audit"])[0] - 20
