@@ -25,7 +25,8 @@ import torch
 
 from rollout.sampler import RolloutBatch
 from validator_actors.codebook import Codebook, load_codebook
-from validator_actors.ir import IRSyntaxError, Meaning, meaning, minimal, minimal_suffix, parse
+from validator_actors.ir import (IRSyntaxError, Meaning, _atoms, _collapse, meaning, minimal, minimal_suffix,
+                                 parse)
 from validator_actors.validator import Score
 
 
@@ -48,11 +49,23 @@ def _context_dropped(program: str, m: Meaning, cb: Codebook) -> str:
     return re.sub(f"{ctx}[^{out}]*", "", program, count=1)
 
 
-def _clauses_collapsed(program: str, m: Meaning, cb: Codebook) -> str:
-    """``program`` with its clauses in their minimal form (``C*`` for all 13 contract rules, ``I*``
-    for all 20 invariants, duplicates out) and its context and outputs exactly as sampled."""
+def _clauses_collapsed(program: str, cb: Codebook) -> str | None:
+    """``program`` with every complete numbered set in a clause written as one ``R*`` term where
+    its first member stood (``A&C1&C2&…&C13&V?:execute`` -> ``A&C*&V?:execute``), duplicate
+    terms dropped, every other term in the sampled order, and the context and outputs exactly as
+    sampled. None if it does not parse or uses a form this does not rewrite (aliases, paths)."""
+    try:
+        surface = parse(program, cb)
+    except (IRSyntaxError, ValueError, KeyError):
+        return None
+    clauses = []
+    for conj in surface.clauses:
+        if any(t.alias is not None or t.via_path is not None for t in conj):
+            return None
+        atoms = [a for t in conj for dnf in _atoms(t, cb) for a in dnf]
+        clauses.append(cb.symbols["and"].join(_collapse(tuple(dict.fromkeys(atoms)), cb)))
     cut = re.search(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program)
-    return _head(minimal(m, cb), cb) + (program[cut.start():] if cut else "")
+    return cb.symbols["or"].join(clauses) + (program[cut.start():] if cut else "")
 
 
 REWRITE_FORMS = ("edit", "shortcut", "clauses")
@@ -91,7 +104,8 @@ def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[
     the one token the policy must learn to skip, every other token as it sampled them), then
     :func:`shortcut_form` (also the default output root left out), then :func:`minimal_form`;
     ``form="shortcut"`` starts at the shortcut. ``form="clauses"`` has one candidate: the
-    clauses in minimal form, context and outputs as sampled (never a new ending).
+    clauses in the sampled order with complete sets collapsed (``C*``, ``I*``) and duplicates
+    dropped, context and outputs as sampled (never a new ending, never a new order).
     """
     if form not in REWRITE_FORMS:
         raise ValueError(f"rewrite form must be one of {REWRITE_FORMS}, got {form!r}")
@@ -101,7 +115,7 @@ def shortest_rewrite(program: str, count_tokens: Callable[[Sequence[str]], list[
         return None
     candidates = (_shortcut(program, m, cb), minimal(m, cb))
     if form == "clauses":
-        candidates = (_clauses_collapsed(program, m, cb),)
+        candidates = tuple(f for f in (_clauses_collapsed(program, cb),) if f is not None)
     elif form == "edit":
         candidates = (_context_dropped(program, m, cb), *candidates)
     forms = [f for f in dict.fromkeys(candidates) if _meaning(f, cb) == m]

@@ -218,15 +218,17 @@ def test_unlikelihood_pushes_the_wrong_ending_down(tok):
 
 
 def test_the_clauses_form_collapses_clauses_and_keeps_the_ending(counter):
-    """``clauses``: ``C*`` / ``I*`` and no duplicates, the context and outputs as sampled, so the
-    policy never learns a new place to end."""
+    """``clauses``: ``C*`` / ``I*`` where the set's first member stood and no duplicates, every
+    other term in the sampled order and the context and outputs as sampled, so the policy
+    learns neither a new order nor a new place to end."""
     from rollout.rewrite import shortest_rewrite
     from validator_actors.ir import meaning, parse
 
     every = "&".join(f"C{i}!" for i in range(1, 14))
     cases = {every + "&S?:audit": "C*!&S?:audit",
              "&".join(f"I{i}?" for i in range(1, 21)) + "&V!:execute": "I*?&V!:execute",
-             "C5!&J?&I20|I10?&I10?:validate>_runs/perf_320": "C5!&I20&J?|I10?:validate>_runs/perf_320",
+             "C5!&J?&I20|I10?&I10?:validate>_runs/perf_320": "C5!&J?&I20|I10?:validate>_runs/perf_320",
+             "A&C1&C2&C3&C4&C5&C6&C7&C8&C9&C10&C11&C12&C13&V?:execute": "A&C*&V?:execute",
              "C2?&V:execute>_runs/backfill_14": "C2?&V:execute>_runs/backfill_14"}
     for program, expected in cases.items():
         rewrite = shortest_rewrite(program, counter, "clauses")
