@@ -29,6 +29,7 @@ import torch
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALES = ("group", "batch", "none")
+CREDITS = ("sequence", "prefix")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
@@ -68,6 +69,50 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return advantages / (std + eps)
 
 
+def prefix_advantages(rewards: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor,
+                      group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """(N, T) per-token advantages from each group's prefix tree.
+
+    The value of a prefix is the mean reward of the group's completions that start with it. Token
+    t of completion i gets Q - V: the value of its prefix through t minus the value of its
+    prefix before t. A token every group member shares gets 0; the token where completion i
+    leaves the others gets the whole difference its choice made; after that, where i is
+    alone, 0 again. Summed over a completion the advantages telescope to r_i - mean_g (given
+    that equal completions score equally and none is a strict prefix of another, which holds
+    for completions that end in ``<eos>``), so each sequence gets the same
+    total as Dr. GRPO's, now credited to the tokens where the group's completions differ. The
+    divisor follows ``scale`` as in :func:`group_advantages`.
+
+    >>> ids = torch.tensor([[5, 6, 2], [5, 7, 2]]); r = torch.tensor([1., 0.])
+    >>> prefix_advantages(r, ids, torch.ones_like(ids, dtype=torch.bool), 2, scale="none")
+    tensor([[ 0.0000,  0.5000,  0.0000],
+            [ 0.0000, -0.5000,  0.0000]])
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    n, t = completion_ids.shape
+    if rewards.shape != (n,) or mask.shape != (n, t) or n % group_size:
+        raise ValueError(f"rewards (N,) and mask (N, T) must match completion_ids {tuple(completion_ids.shape)}, "
+                         f"N a multiple of group_size={group_size}")
+    g = group_size
+    ids, m, r = completion_ids.view(-1, g, t), mask.bool().view(-1, g, t), rewards.float().view(-1, g)
+    same = (ids[:, :, None, :] == ids[:, None, :, :]) & m[:, :, None, :] & m[:, None, :, :]  # (B, G, G, T)
+    through = same.long().cumprod(-1).bool()                     # i and j agree on tokens 0..t
+    before = torch.cat([torch.ones_like(through[..., :1]), through[..., :-1]], -1)  # on 0..t-1
+
+    def value(share):                                            # (B, G, T): mean reward of the sharers
+        w = share.to(r.dtype)
+        return (w * r[:, None, :, None]).sum(2) / w.sum(2).clamp(min=1.0)
+
+    adv = ((value(through) - value(before)) * m).view(n, t)
+    if scale == "group":
+        std = r.std(dim=1, keepdim=True) if g > 1 else torch.zeros_like(r[:, :1])
+        return adv / (std.repeat_interleave(g, 0) + eps)
+    if scale == "batch":
+        return adv / ((rewards.std() if n > 1 else rewards.new_zeros(())) + eps)
+    return adv
+
+
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo",
               eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
@@ -82,7 +127,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
         old_logp: (N, T) log pi_old (the sampling policy); ``None`` means
             ``logp.detach()`` (one iteration per batch: ratio 1, nothing clipped).
         ref_logp: (N, T) log pi_ref of the frozen reference; needed when ``beta != 0``.
-        advantages: (N,) from :func:`group_advantages`.
+        advantages: (N,) from :func:`group_advantages`, or (N, T) per token
+            (:func:`prefix_advantages`).
         mask: (N, T) bool or 0/1, true on completion tokens that count.
         loss_type: ``grpo`` (mean over each sequence's tokens, then over sequences),
             ``bnpo`` (mean over the batch's tokens), ``dr_grpo`` (sum / (N *
@@ -130,8 +176,8 @@ def _check_inputs(logp, old_logp, ref_logp, advantages, mask, loss_type, beta,
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, logp {tuple(logp.shape)}")
-    if advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages must be (N,) = ({logp.shape[0]},), "
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(f"advantages must be (N,) = ({logp.shape[0]},) or (N, T) = {tuple(logp.shape)}, "
                          f"got {tuple(advantages.shape)}")
     if beta != 0.0 and ref_logp is None:
         raise ValueError("beta != 0 needs ref_logp (log-probs of the frozen reference)")
@@ -152,7 +198,7 @@ def _per_token_loss(logp, old_logp, ref_logp, advantages, valid, eps_low, eps_hi
     old = logp.detach() if old_logp is None else torch.where(valid, old_logp, zero)
     ratio = torch.exp(logp - old)                                           # (N, T)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)                 # (N, T)
-    adv = advantages.unsqueeze(1)                                           # (N, 1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
     per_token = -torch.min(ratio * adv, clipped * adv)                      # (N, T)
     kl = None
     if beta != 0.0:
@@ -189,7 +235,7 @@ def _metrics(ratio, kl, entropy, advantages, valid, eps_low, eps_high) -> dict[s
     def masked_mean(x):
         return (torch.where(valid, x, 0.0).sum() / n_tokens).item()
 
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     low = ((ratio < 1 - eps_low) & (adv < 0)).to(ratio.dtype)               # (N, T)
     high = ((ratio > 1 + eps_high) & (adv > 0)).to(ratio.dtype)             # (N, T)
     nonempty = valid.any(dim=1)                                             # (N,)

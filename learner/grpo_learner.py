@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
+from learner.grpo import CREDITS, LOSS_TYPES, SCALES, group_advantages, grpo_loss, prefix_advantages
 from learner.policy import FactorizedEmbedding
 from rollout.sampler import RolloutBatch
 
@@ -40,6 +40,10 @@ class GRPOConfig:
     """Longest completion; dr_grpo's normalizer."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
+    credit: str = "sequence"
+    """``sequence``: every token of a completion gets its group advantage (GRPO). ``prefix``:
+    per-token advantages from the group's prefix tree (``learner.grpo.prefix_advantages``),
+    only the tokens where the group's completions differ are credited."""
     unlikelihood: float = 0.0
     """Weight of the unlikelihood term -log(1 - p(<eos>)) on the validator-proven wrong endings
     of ``ScoredBatch.negatives`` (``rollout.rewrite.early_end_negatives``; 0 = off, and the
@@ -53,6 +57,8 @@ class GRPOConfig:
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.credit not in CREDITS:
+            raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")
         if self.scale not in SCALES:
             raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
         if self.lr <= 0 or self.temperature <= 0 or self.beta < 0 or self.unlikelihood < 0:
@@ -117,10 +123,16 @@ class GRPOLearner:
         return logp, entropy.detach()
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
-        """(N,) group advantages of ``batch``, valid rows floored at ``cfg.valid_floor`` if set."""
-        adv = group_advantages(batch.rewards.float(), batch.rollout.group_size, self.cfg.scale)
+        """Group advantages of ``batch``: (N,), or (N, T) with ``credit: prefix``; valid rows
+        floored at ``cfg.valid_floor`` if set."""
+        ro = batch.rollout
+        if self.cfg.credit == "prefix":
+            adv = prefix_advantages(batch.rewards.float(), ro.completion_ids, ro.mask, ro.group_size, self.cfg.scale)
+        else:
+            adv = group_advantages(batch.rewards.float(), ro.group_size, self.cfg.scale)
         if self.cfg.valid_floor is not None:
-            adv = torch.where(batch.valid, adv.clamp(min=self.cfg.valid_floor), adv)
+            valid = batch.valid if adv.dim() == 1 else batch.valid[:, None]
+            adv = torch.where(valid, adv.clamp(min=self.cfg.valid_floor), adv)
         return adv
 
     def unlikelihood(self, negatives: RolloutBatch) -> tuple[torch.Tensor, float]:

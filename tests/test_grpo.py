@@ -291,3 +291,57 @@ def test_trl_gradient_accumulation_matches_full_batch(loss_type):
         summed += _trl_loss(trainer, logp[s], old[s], ref[s], adv[s], mask[s], entropy[s],
                             num_items=mask.sum()).item()
     assert summed == pytest.approx(total.item(), abs=1e-6)
+
+
+def _tree_batch(seed: int = 0):
+    """4 groups of 6 completions drawn from a small vocabulary so that prefixes repeat, each
+    ending in <eos> (2) and padded after it, as the sampler's; equal completions get equal
+    rewards (the validator is deterministic)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, t = 24, 7
+    ids = torch.randint(3, 5, (n, t), generator=gen)
+    lengths = torch.randint(2, t + 1, (n,), generator=gen)
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    ids = torch.where(mask, ids, torch.zeros_like(ids))
+    ids[torch.arange(n), lengths - 1] = 2
+    reward_of = {}
+    rewards = torch.tensor([reward_of.setdefault(tuple(row[m].tolist()), float(torch.rand((), generator=gen)))
+                            for row, m in zip(ids, mask)])
+    return ids, mask, rewards
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefix_advantages_telescope_to_the_sequence_advantage(seed):
+    from learner.grpo import prefix_advantages
+
+    ids, mask, rewards = _tree_batch(seed)
+    adv = prefix_advantages(rewards, ids, mask, 6, scale="none")
+    assert torch.allclose(adv.sum(1), group_advantages(rewards, 6, scale="none"), atol=1e-6)
+    assert bool((adv[~mask] == 0).all()), "nothing on padding"
+    scaled = prefix_advantages(rewards, ids, mask, 6, scale="group")
+    std = rewards.view(-1, 6).std(1).repeat_interleave(6)
+    assert torch.allclose(scaled, adv / (std[:, None] + 1e-4), atol=1e-6)
+
+
+def test_prefix_advantages_credit_only_where_completions_part():
+    from learner.grpo import prefix_advantages
+
+    # a group of four: two copies of the long program, its shortcut, and an early end
+    ids = torch.tensor([[7, 8, 9, 2], [7, 8, 9, 2], [7, 8, 2, 0], [7, 2, 0, 0]])
+    mask = ids != 0
+    rewards = torch.tensor([0.5, 0.5, 0.6, -1.0])
+    adv = prefix_advantages(rewards, ids, mask, 4, scale="none")
+    assert bool((adv[:, 0] == 0).all()), "a token the whole group shares gets nothing"
+    assert adv[3, 1] == pytest.approx(-1.0 - rewards.mean().item()), "the early end takes all its blame"
+    assert adv[2, 2] == pytest.approx(0.6 - (0.5 + 0.5 + 0.6) / 3) and adv[2, 3] == 0
+    assert adv[0, 2] == adv[1, 2] == pytest.approx(0.5 - (0.5 + 0.5 + 0.6) / 3)
+    assert bool((adv[:2, 3] == 0).all()), "after the copies part from the shortcut, nothing left to credit"
+
+
+def test_per_token_advantages_that_repeat_equal_sequence_advantages():
+    logp, old, ref, adv, mask = (torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5),
+                                 torch.randn(6), torch.rand(6, 5) > 0.2)
+    for loss_type in LOSS_TYPES:
+        a, _ = grpo_loss(logp, old, ref, adv, mask, loss_type, 0.2, 0.28, 0.04, 5)
+        b, _ = grpo_loss(logp, old, ref, adv[:, None].expand(6, 5), mask, loss_type, 0.2, 0.28, 0.04, 5)
+        assert torch.allclose(a, b, atol=1e-7)

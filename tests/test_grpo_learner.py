@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from learner.grpo import group_advantages
 from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
 from learner.policy import PRESETS, build_policy
 from rollout.dataset import build_dataset
@@ -63,6 +66,19 @@ def test_valid_floor_only_lifts_valid_programs(tok):
     assert bool((plain[batch.valid] < 0).any()), "the case needs a valid row below its group mean"
     assert torch.equal(floored[~batch.valid], plain[~batch.valid]) and bool((floored[~batch.valid] < 0).all())
     assert torch.equal(floored[batch.valid], plain[batch.valid].clamp(min=0))
+
+
+def test_prefix_credit_gives_per_token_advantages_to_the_update(tok):
+    model = build_policy(PRESETS["tiny"], tok, seed=4)
+    batch = _scored(model.eval(), tok)
+    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-3, credit="prefix"))
+    adv = learner.advantages(batch)
+    ro = batch.rollout
+    assert adv.shape == ro.completion_ids.shape and bool((adv[~ro.mask] == 0).all())
+    assert torch.allclose(adv.sum(1), group_advantages(batch.rewards, ro.group_size, "group"), atol=1e-5)
+    assert math.isfinite(learner.update(batch)["loss"])
+    with pytest.raises(ValueError, match="grpo.credit must be one of"):
+        GRPOConfig(credit="token")
 
 
 def test_weights_sync_to_a_rollout_copy(tok):
