@@ -21,8 +21,9 @@ from validator_actors.validator import Validator
 
 
 def checkpoint_size_mb(path: str | Path) -> float:
-    """Size of the weights on disk (every *.safetensors file)."""
-    return round(sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20, 2)
+    """Size of the model weights on disk (``model*.safetensors``, every shard): not the optimizer
+    state or RNG states a resumable GRPO checkpoint also holds."""
+    return round(sum(p.stat().st_size for p in Path(path).glob("model*.safetensors")) / 2**20, 2)
 
 
 @torch.no_grad()

@@ -227,3 +227,13 @@ def test_sft_step_and_sampling_on_the_gpu(data, tmp_path):
     n = int(out.lengths[0])
     ref = sequence_logprobs(trainer.model, out.prompt_ids[0], out.completion_ids[0, :n].tolist())
     assert torch.allclose(ref, out.logprobs[0, :n], atol=1e-3)
+
+
+def test_checkpoint_size_counts_the_model_weights_only(tmp_path):
+    """A GRPO checkpoint also holds optimizer and RNG state; the reported size is the model's."""
+    from learner.evaluate import checkpoint_size_mb
+
+    for name, mib in (("model-00001-of-00002.safetensors", 3), ("model-00002-of-00002.safetensors", 1),
+                      ("optimizer.safetensors", 8), ("rng.safetensors", 1)):
+        (tmp_path / name).write_bytes(b"\0" * (mib * 2**20))
+    assert checkpoint_size_mb(tmp_path) == 4.0
