@@ -134,3 +134,11 @@ def test_output_normalization_keeps_relative_paths_relative_and_is_idempotent(pa
     assert out.startswith("/") == path.startswith("/")
     assert out.endswith("/") and "//" not in out.lstrip("/")
     assert ir.normalize_output(out, CB) == out
+
+
+@pytest.mark.parametrize("text", ["A>0/", "A>/", "A>./", "A>.", "A>a/b/", "A>_runs/x", "A>/abs/x/", "A>x"])
+def test_every_output_path_prints_back_to_itself(text):
+    """Hypothesis found ``A>0/`` (printed ``>0``, read back as the run ``_runs/0/``) and ``A>/``
+    (normalized to ``//``, printed as an empty path)."""
+    m = read(text)
+    assert read(ir.canonical(m, CB)) == m and read(ir.minimal(m, CB)) == m

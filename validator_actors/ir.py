@@ -281,8 +281,8 @@ def normalize_output(path: str, cb: Codebook) -> str:
         path = cb.default_durable_root + path
     absolute = path.startswith("/")
     parts = [p for p in path.split("/") if p not in ("", ".")]
-    if not parts and not absolute:  # './' is the repository root, not the absolute '/'
-        return "./"
+    if not parts:  # './' is the repository root, '/' the absolute root
+        return "/" if absolute else "./"
     return ("/" if absolute else "") + "/".join(parts) + "/"
 
 
@@ -343,7 +343,12 @@ def atom_text(a: Atom, cb: Codebook) -> str:
 
 
 def _print_output(path: str, cb: Codebook, short: bool) -> str:
+    """``>`` and ``path`` (normalized), without its trailing '/' (and with ``short``, without the
+    default root) only where reading it back gives ``path`` again: ``0/`` stays ``0/``, since
+    ``0`` reads as the run ``_runs/0/``."""
     body = path.rstrip("/")
+    if normalize_output(body, cb) != path:
+        body = path
     root = cb.default_durable_root
     if short and body.startswith(root) and "/" not in body[len(root) :] and body[len(root) :]:
         name = body[len(root) :]
