@@ -23,6 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 COLORS = [plt.get_cmap("tab20")(i) for i in range(0, 20, 2)] + [plt.get_cmap("tab20")(i) for i in range(1, 20, 2)]
+MARKERS = "osD^v"  # a run past the 20 colours gets the next marker, never dropped
+
+
+def style(i: int) -> tuple:
+    """(colour, marker) of the i-th run."""
+    return COLORS[i % len(COLORS)], MARKERS[(i // len(COLORS)) % len(MARKERS)]
 
 
 def rolling(values: list[float], window: int) -> list[float]:
@@ -44,7 +50,8 @@ def main() -> None:
            ("val_ir_tokens", "val IR tokens (greedy)")]
     runs = [(label, [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")], Path(folder))
             for label, folder in (run.rsplit("=", 1) for run in a.runs)]
-    for color, (label, rows, folder) in zip(COLORS, runs):
+    for i, (label, rows, folder) in enumerate(runs):
+        color, marker = style(i)
         steps = [r["step"] for r in rows]
         for ax, (key, name) in zip(axes[0], panels):
             ax.plot(steps, rolling([r[key] for r in rows], a.window), color=color,
@@ -52,7 +59,7 @@ def main() -> None:
             ax.set(xlabel="step", ylabel=name)
         evals = val_evals(rows, folder)
         for ax, (key, name) in zip(axes[1], val):
-            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", color=color, label=label)
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker=marker, color=color, label=label)
             ax.set(xlabel="step (0 = warm start)", ylabel=name)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -73,11 +80,12 @@ def val_evals(rows: list[dict], folder: Path) -> list[dict]:
 def frontier(runs: list[tuple[str, list[dict], Path]], out: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     warm = None
-    for color, (label, rows, folder) in zip(COLORS, runs):
+    for i, (label, rows, folder) in enumerate(runs):
+        color, marker = style(i)
         evals = val_evals(rows, folder)
         warm = next((e for e in evals if e["step"] == 0), warm)
         later = [e for e in evals if e["step"] > 0]
-        ax.plot([e["val_ir_tokens"] for e in later], [e["val_pass_rate"] for e in later], marker="o",
+        ax.plot([e["val_ir_tokens"] for e in later], [e["val_pass_rate"] for e in later], marker=marker,
                 linestyle=":", alpha=0.8, color=color, label=label)
     if warm:
         ax.plot([warm["val_ir_tokens"]], [warm["val_pass_rate"]], marker="*", markersize=16, color="k",
@@ -87,7 +95,7 @@ def frontier(runs: list[tuple[str, list[dict], Path]], out: str) -> None:
     ax.set(xlabel="val IR tokens (greedy, lower is shorter)", ylabel="val pass rate (greedy)",
            title="Every greedy val evaluation: the target is up and to the left of the star")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
