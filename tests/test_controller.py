@@ -7,6 +7,7 @@ import time
 
 import pytest
 import ray
+import torch
 
 from learner.config import RunConfig
 
@@ -187,3 +188,44 @@ def test_actor_sizes_come_from_the_config(ray_local, setup, tmp_path):
     finally:
         ctl.shutdown()
     assert used == pytest.approx(1.0, abs=0.02)
+
+
+def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit(ray_local, setup, tmp_path):
+    """Programs that pass (the rows' own surface forms, 3 copies per intent) through the
+    controller's score and the learner actor's update, with the session-4 knobs switched on."""
+    from transformers import AutoTokenizer
+
+    from cluster.controller import GRPOController
+    from rollout.sampler import RolloutBatch, encode_prompts
+
+    cfg = RunConfig.from_dict({
+        "model": {"preset": "tiny"},
+        "grpo": {"lr": 1e-3, "max_completion_length": 48, "credit": "prefix", "unlikelihood": 1.0,
+                 "valid_floor": 0.0},
+        "train": {"steps": 1, "prompts_per_step": 2, "group_size": 3, "rollout_workers": 1,
+                  "validator_actors": 1, "max_new_tokens": 48, "eval_every": 50, "eval_samples": 4,
+                  "checkpoint_every": 50, "tensorboard": False, "minimal_rewrites": 1,
+                  "rewrite_form": "edit"}})
+    ctl = GRPOController(cfg, setup / "data", setup / "init", tmp_path / "run", log=lambda m: None)
+    rows = [r for r in ctl.train_rows if ":execute>" in r["surface"]][:2]
+    assert len(rows) == 2, "the tiny dataset has intents with the default context and outputs"
+    tok = AutoTokenizer.from_pretrained(str(setup / "init"))
+    texts = [r["surface"] for r in rows for _ in range(3)]
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), True
+    intents = [r["intent"] for r in rows]
+    rollout = RolloutBatch(intents, encode_prompts(tok, intents, 192), ids, -torch.rand(ids.shape) * mask,
+                           mask, mask.sum(1), texts, 3, 0)
+    batch, sampled = ctl.score(rows, rollout)
+    assert all(s.valid for s in sampled) and batch.rollout.offpolicy.sum() == 2, "one rewrite per group"
+    for g, r in enumerate(rows):
+        rewritten = [batch.rollout.texts[i] for i in range(3 * g, 3 * g + 3) if batch.rollout.offpolicy[i]]
+        assert rewritten == [r["surface"].replace(":execute", "")], "edit: only the default context goes"
+    assert batch.negatives.texts == [r["surface"].split(":")[0] for r in rows], "clauses<eos> per group"
+    metrics = ctl.update(batch)
+    assert metrics["loss"] == metrics["loss"] and 0 <= metrics["early_end_p"] <= 1 and "unlikelihood" in metrics
+    ctl.shutdown()
