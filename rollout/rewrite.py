@@ -9,6 +9,9 @@ never a failing one) with the shortest rewrite of the group's best valid sample
 output root, or ``ir.minimal``), when that is shorter. The learner treats those rows as
 off-policy (importance ratio 1): a policy-gradient push towards a program the validator has
 already proven equivalent, weighted by its group advantage like any sample.
+``train.rewrite_form`` picks which of the equally short forms is taught (:func:`shortest_rewrite`);
+:func:`early_end_negatives` builds the endings the validator proves wrong, for the learner's
+unlikelihood term.
 
 Failing samples are never replaced: their negative advantage is the only signal that keeps the
 policy from shortening a program by cutting off what it must say (an early end-of-sequence
@@ -25,7 +28,7 @@ import torch
 
 from rollout.sampler import RolloutBatch
 from validator_actors.codebook import Codebook, load_codebook
-from validator_actors.ir import (IRSyntaxError, Meaning, _atoms, _collapse, meaning, minimal, minimal_suffix,
+from validator_actors.ir import (IRSyntaxError, Meaning, collapsed_clauses, meaning, minimal, minimal_suffix,
                                  parse)
 from validator_actors.validator import Score
 
@@ -55,17 +58,11 @@ def _clauses_collapsed(program: str, cb: Codebook) -> str | None:
     terms dropped, every other term in the sampled order, and the context and outputs exactly as
     sampled. None if it does not parse or uses a form this does not rewrite (aliases, paths)."""
     try:
-        surface = parse(program, cb)
+        body = collapsed_clauses(parse(program, cb), cb)
     except (IRSyntaxError, ValueError, KeyError):
         return None
-    clauses = []
-    for conj in surface.clauses:
-        if any(t.alias is not None or t.via_path is not None for t in conj):
-            return None
-        atoms = [a for t in conj for dnf in _atoms(t, cb) for a in dnf]
-        clauses.append(cb.symbols["and"].join(_collapse(tuple(dict.fromkeys(atoms)), cb)))
     cut = re.search(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program)
-    return cb.symbols["or"].join(clauses) + (program[cut.start():] if cut else "")
+    return None if body is None else body + (program[cut.start():] if cut else "")
 
 
 REWRITE_FORMS = ("edit", "shortcut", "clauses")

@@ -386,6 +386,21 @@ def _collapse(clause: tuple[Atom, ...], cb: Codebook) -> list[str]:
     return out
 
 
+def collapsed_clauses(s: Surface, cb: Codebook | None = None) -> str | None:
+    """The clauses of ``s`` in their written order, each complete numbered set that shares an
+    action written as one ``R*op`` term where its first member stood, repeated atoms dropped
+    (``A&C1&C2&…&C13&V?`` -> ``A&C*&V?``). None when a term is an alias or a path
+    (``@NAME``, ``L.X``): those are left as written elsewhere."""
+    cb = cb or load_codebook()
+    clauses = []
+    for conj in s.clauses:
+        if any(t.alias is not None or t.via_path is not None for t in conj):
+            return None
+        atoms = [a for t in conj for dnf in _atoms(t, cb) for a in dnf]
+        clauses.append(cb.symbols["and"].join(_collapse(tuple(dict.fromkeys(atoms)), cb)))
+    return cb.symbols["or"].join(clauses)
+
+
 def minimal_suffix(m: Meaning, cb: Codebook | None = None) -> str:
     """What follows the clauses in the minimal form: the context unless it is the default, then
     the outputs with the default durable root left out."""
