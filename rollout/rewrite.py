@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rollout.sampler import RolloutBatch
+from rollout.sampler import RolloutBatch, encode_completions
 from validator_actors.codebook import Codebook, load_codebook
 from validator_actors.ir import (IRSyntaxError, Meaning, collapsed_clauses, meaning, minimal, minimal_suffix,
                                  parse)
@@ -202,12 +202,7 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
             picks.append((start // g, head))
     if not picks:
         return None
-    seqs = [tokenizer(head, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, head in picks]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, seq in enumerate(seqs):
-        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), True
+    ids, mask = encode_completions(tokenizer, [head for _, head in picks])
     return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
                         ids, torch.zeros(ids.shape), mask, mask.sum(1), [head for _, head in picks], 1,
-                        rollout.policy_version, torch.ones(len(seqs), dtype=torch.bool))
+                        rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))

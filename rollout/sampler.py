@@ -40,6 +40,18 @@ def encode_prompts(tokenizer, intents: list[str], max_prompt_len: int) -> list[l
     return [[tokenizer.bos_token_id] + ids[: max_prompt_len - 2] + [tokenizer.sep_token_id] for ids in body]
 
 
+def encode_completions(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (N, T): each program's tokens then ``<eos>``, padded on the right, as the
+    sampler's completions are (for rows the sampler did not draw: rewrites, wrong endings)."""
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), True
+    return ids, mask
+
+
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention_mask), both (N, max_len), padded on the left."""
     width = max(len(s) for s in seqs)

@@ -196,7 +196,7 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
     from transformers import AutoTokenizer
 
     from cluster.controller import GRPOController
-    from rollout.sampler import RolloutBatch, encode_prompts
+    from rollout.sampler import RolloutBatch, encode_completions, encode_prompts
 
     cfg = RunConfig.from_dict({
         "model": {"preset": "tiny"},
@@ -211,12 +211,7 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
     assert len(rows) == 2, "the tiny dataset has intents with the default context and outputs"
     tok = AutoTokenizer.from_pretrained(str(setup / "init"))
     texts = [r["surface"] for r in rows for _ in range(3)]
-    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), True
+    ids, mask = encode_completions(tok, texts)
     intents = [r["intent"] for r in rows]
     rollout = RolloutBatch(intents, encode_prompts(tok, intents, 192), ids, -torch.rand(ids.shape) * mask,
                            mask, mask.sum(1), texts, 3, 0)

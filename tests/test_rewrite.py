@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
 from learner.policy import PRESETS, build_policy
 from rollout.rewrite import minimal_form, minimal_rewrites
-from rollout.sampler import RolloutBatch, encode_prompts, merge_rollouts
+from rollout.sampler import RolloutBatch, encode_completions, encode_prompts, merge_rollouts
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, score
 
@@ -30,13 +30,8 @@ def counter():
 
 def _batch(tok, groups: list[list[str]], intents: list[str]) -> RolloutBatch:
     texts = [t for g in groups for t in g]
-    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), True
-    logprobs = -torch.rand(len(seqs), width) * mask
+    ids, mask = encode_completions(tok, texts)
+    logprobs = -torch.rand(ids.shape) * mask
     return RolloutBatch(intents, encode_prompts(tok, intents, 192), ids, logprobs, mask,
                         mask.sum(1), texts, len(groups[0]), 3)
 
