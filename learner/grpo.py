@@ -159,6 +159,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     _check_inputs(logp, old_logp, ref_logp, advantages, mask, loss_type, beta,
                   max_completion_length)
     valid = mask.bool()                                                     # (N, T)
+    advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
     per_token, ratio, kl = _per_token_loss(logp, old_logp, ref_logp, advantages, valid,
                                            eps_low, eps_high, beta, kl_ratio_correction)
     loss = _aggregate(per_token, valid.to(per_token.dtype), loss_type,
@@ -189,7 +190,8 @@ def _check_inputs(logp, old_logp, ref_logp, advantages, mask, loss_type, beta,
 
 def _per_token_loss(logp, old_logp, ref_logp, advantages, valid, eps_low, eps_high, beta,
                     kl_ratio_correction):
-    """(N, T) per-token loss, ratio and KL (None when beta == 0); 0 where not valid.
+    """(N, T) per-token loss, ratio and KL (None when beta == 0); 0 where not valid. ``advantages``
+    is (N, 1) or (N, T), broadcast over the tokens.
 
     TRL grpo_trainer.py: ratio 3083-3095, k3 KL and its ratio correction 3098-3105,
     clipped surrogate 3112-3120, KL added 3149-3150."""
@@ -198,8 +200,7 @@ def _per_token_loss(logp, old_logp, ref_logp, advantages, valid, eps_low, eps_hi
     old = logp.detach() if old_logp is None else torch.where(valid, old_logp, zero)
     ratio = torch.exp(logp - old)                                           # (N, T)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)                 # (N, T)
-    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
-    per_token = -torch.min(ratio * adv, clipped * adv)                      # (N, T)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)        # (N, T)
     kl = None
     if beta != 0.0:
         delta = torch.where(valid, ref_logp, zero) - logp                   # log ref/theta
@@ -235,9 +236,8 @@ def _metrics(ratio, kl, entropy, advantages, valid, eps_low, eps_high) -> dict[s
     def masked_mean(x):
         return (torch.where(valid, x, 0.0).sum() / n_tokens).item()
 
-    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-    low = ((ratio < 1 - eps_low) & (adv < 0)).to(ratio.dtype)               # (N, T)
-    high = ((ratio > 1 + eps_high) & (adv > 0)).to(ratio.dtype)             # (N, T)
+    low = ((ratio < 1 - eps_low) & (advantages < 0)).to(ratio.dtype)        # (N, T)
+    high = ((ratio > 1 + eps_high) & (advantages > 0)).to(ratio.dtype)      # (N, T)
     nonempty = valid.any(dim=1)                                             # (N,)
     seq_len = maskf.sum(-1)[nonempty]
     out = {

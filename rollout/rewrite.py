@@ -61,17 +61,27 @@ def _clauses_collapsed(program: str, cb: Codebook) -> str | None:
         body = collapsed_clauses(parse(program, cb), cb)
     except (IRSyntaxError, ValueError, KeyError):
         return None
-    cut = re.search(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program)
-    return None if body is None else body + (program[cut.start():] if cut else "")
+    return None if body is None else body + _split(program, cb)[1]
 
 
 REWRITE_FORMS = ("edit", "shortcut", "clauses")
 
 
+def _split(program: str, cb: Codebook) -> tuple[str, str]:
+    """(clauses, ending): ``program`` cut where its context or outputs start (ending "" if none)."""
+    cut = re.search(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program)
+    return (program, "") if cut is None else (program[: cut.start()], program[cut.start() :])
+
+
 def _head(program: str, cb: Codebook) -> str:
     """The clauses of ``program``: everything before its context or outputs."""
-    return re.split(f"[{re.escape(cb.symbols['context'])}{re.escape(cb.symbols['output'])}]", program,
-                    maxsplit=1)[0].strip()
+    return _split(program, cb)[0].strip()
+
+
+def _best_valid(group: Sequence[Score]) -> Score | None:
+    """The group's highest-reward valid sample (the first on a tie), None if none is valid."""
+    valid = [s for s in group if s.valid]
+    return max(valid, key=lambda s: (s.reward, -s.index)) if valid else None
 
 
 def minimal_form(program: str) -> str | None:
@@ -139,11 +149,11 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
     plans: dict[int, str] = {}
     for start in range(0, len(scores), g):
         group = list(scores[start : start + g])
-        valid = [s for s in group if s.valid]
-        if len(valid) < 2:  # nothing but the best sample could be replaced: skip the rewrite's parsing
+        others = [s for s in group if s.valid]
+        if len(others) < 2:  # nothing but the best sample could be replaced: skip the rewrite's parsing
             continue
-        best = max(valid, key=lambda s: (s.reward, -s.index))
-        others = [s for s in valid if s.index != best.index]
+        best = _best_valid(group)
+        others.remove(best)
         rewrite = shortest_rewrite(rollout.texts[best.index], count_tokens, form)
         if rewrite is None or rewrite in rollout.texts[start : start + g]:
             continue
@@ -154,10 +164,10 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
     if not plans:
         return rollout, []
     rows = sorted(plans)
-    encoded = {text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-               for text in set(plans.values())}
-    width = max(rollout.completion_ids.shape[1], *(len(v) for v in encoded.values()))
-    pad = width - rollout.completion_ids.shape[1]
+    rewrites = sorted(set(plans.values()))
+    new_ids, new_mask = encode_completions(tokenizer, rewrites)
+    which = {text: j for j, text in enumerate(rewrites)}
+    pad = max(0, new_ids.shape[1] - rollout.completion_ids.shape[1])
     ids = torch.nn.functional.pad(rollout.completion_ids, (0, pad), value=tokenizer.pad_token_id)
     logprobs = torch.nn.functional.pad(rollout.logprobs, (0, pad), value=0.0)
     mask = torch.nn.functional.pad(rollout.mask, (0, pad), value=False)
@@ -165,13 +175,14 @@ def minimal_rewrites(rollout: RolloutBatch, scores: Sequence[Score], tokenizer, 
     offpolicy = (rollout.offpolicy.clone() if rollout.offpolicy is not None
                  else torch.zeros(len(texts), dtype=torch.bool))
     for row in rows:
-        seq = encoded[plans[row]]
+        j = which[plans[row]]
+        n = int(new_mask[j].sum())
         ids[row] = tokenizer.pad_token_id
-        ids[row, : len(seq)] = torch.tensor(seq)
+        ids[row, :n] = new_ids[j, :n]
         mask[row] = False
-        mask[row, : len(seq)] = True
+        mask[row, :n] = True
         logprobs[row] = 0.0
-        lengths[row], texts[row], offpolicy[row] = len(seq), plans[row], True
+        lengths[row], texts[row], offpolicy[row] = n, plans[row], True
     out = RolloutBatch(rollout.prompts, rollout.prompt_ids, ids, logprobs, mask, lengths, texts,
                        rollout.group_size, rollout.policy_version, offpolicy)
     return out, rows
@@ -193,10 +204,10 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
     g = rollout.group_size
     picks: list[tuple[int, str]] = []
     for start in range(0, len(scores), g):
-        valid = [s for s in scores[start : start + g] if s.valid]
-        if not valid:
+        best = _best_valid(scores[start : start + g])
+        if best is None:
             continue
-        text = rollout.texts[max(valid, key=lambda s: (s.reward, -s.index)).index]
+        text = rollout.texts[best.index]
         m, head = _meaning(text, cb), _head(text, cb)
         if m is not None and head and _meaning(head, cb) != m:
             picks.append((start // g, head))
