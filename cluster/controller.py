@@ -37,7 +37,7 @@ from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
 from rollout.rewrite import early_end_negatives, minimal_rewrites
-from rollout.sampler import RolloutBatch, merge_rollouts
+from rollout.sampler import RolloutBatch, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Score, Validator, score
@@ -135,7 +135,7 @@ class GRPOController:
     # ---- phases -------------------------------------------------------------------------
     def next_batch(self) -> list[dict]:
         rows = []
-        for _ in range(self.t.prompts_per_step):
+        for _ in range(self.t.prompts_per_step * self.t.oversample):
             if self.position == len(self.order):
                 random.Random(self.t.seed + self.step).shuffle(self.order)
                 self.position = 0
@@ -191,6 +191,9 @@ class GRPOController:
                          [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
             for i, s in zip(replaced, redo):
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
+        if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
+            rollout, scores = _keep_groups(rollout, scores, informative_groups(
+                [s.reward for s in scores], g, self.t.prompts_per_step))
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
         negatives = (early_end_negatives(rollout, scores, self.tokenizer)
@@ -260,6 +263,7 @@ class GRPOController:
                 "ir_tokens": sum(s.tokens for s in sampled) / len(sampled), **metrics,
                 "rollout_version": rollout.policy_version, "staleness": staleness,
                 **({"worker_version": version} if version is not None else {}),
+                "groups_trained": len(batch.rollout.prompts),
                 "rewrites": int(batch.rollout.offpolicy.sum()) if batch.rollout.offpolicy is not None else 0,
                 "worker_restarts": self.worker_restarts, "validator_restarts": self.pool.stats.restarts,
                 "t_generate": t1 - t0, "t_score": t2 - t1, "t_update": t3 - t2, "t_sync": t4 - t3,
@@ -331,10 +335,17 @@ class GRPOController:
             ray.kill(actor)
 
 
+def _keep_groups(rollout: RolloutBatch, scores: list[Score], groups: list[int]) -> tuple[RolloutBatch, list[Score]]:
+    """The batch of ``groups`` only, with each score's index renumbered to its row there."""
+    g = rollout.group_size
+    kept = [scores[b * g + i] for b in groups for i in range(g)]
+    return select_groups(rollout, groups), [dataclasses.replace(s, index=j) for j, s in enumerate(kept)]
+
+
 def _progress_line(m: dict, steps: int) -> str:
     line = (f"[grpo] step {m['step']}/{steps}: reward {m['reward_mean']:+.3f} pass {m['pass_rate']:.3f} "
             f"tokens {m['ir_tokens']:.2f} kl {m.get('kl', 0.0):.4f} entropy {m.get('entropy', 0.0):.4f} "
-            f"rewrites {m['rewrites']} lag {m['staleness']} time {m['step_time']:.2f}s")
+            f"rewrites {m['rewrites']} groups {m['groups_trained']} lag {m['staleness']} time {m['step_time']:.2f}s")
     if "val_pass_rate" in m:
         line += f" | val pass {m['val_pass_rate']:.3f} tokens {m['val_ir_tokens']:.2f} reward {m['val_reward']:+.4f}"
     return line

@@ -132,6 +132,11 @@ class TrainConfig:
     """Which of the equally short rewrites wins (``rollout.rewrite.shortest_rewrite``): ``edit``
     keeps every token of the sample but a default context, ``shortcut`` also drops the default
     output root."""
+    oversample: int = 1
+    """Dynamic sampling (DAPO): draw ``prompts_per_step * oversample`` intents, sample and score
+    every group, and train on at most ``prompts_per_step`` of them: those whose rewards differ
+    (after the rewrites). A group that all scores the same has zero advantage, adds no gradient
+    and only dilutes the loss's token mean. 1 = off: train on every group drawn."""
     tensorboard: bool = True
     """Also write every metric to RUN/tensorboard."""
     rollout_resource: str | None = None
@@ -162,6 +167,8 @@ class TrainConfig:
         if not 0 <= self.minimal_rewrites < self.group_size:
             raise ValueError(f"train.minimal_rewrites must be in [0, group_size) = [0, {self.group_size}), "
                              f"got {self.minimal_rewrites}")
+        if self.oversample < 1:
+            raise ValueError(f"train.oversample must be >= 1 (1 = no dynamic sampling), got {self.oversample}")
         if self.rewrite_form not in REWRITE_FORMS:
             raise ValueError(f"train.rewrite_form must be one of {REWRITE_FORMS}, got {self.rewrite_form!r}")
         if self.group_size < 2:

@@ -172,3 +172,32 @@ def merge_rollouts(batches: list[RolloutBatch]) -> RolloutBatch:
             [b.offpolicy if b.offpolicy is not None else torch.zeros(len(b.texts), dtype=torch.bool)
              for b in batches]),
     )
+
+
+def select_groups(rollout: RolloutBatch, groups: list[int]) -> RolloutBatch:
+    """The rows of ``groups`` (group indices, in the order given): a smaller batch of whole groups."""
+    g = rollout.group_size
+    keep = [b * g + i for b in groups for i in range(g)]
+    rows = torch.tensor(keep, dtype=torch.long)
+    return RolloutBatch(
+        prompts=[rollout.prompts[b] for b in groups], prompt_ids=[rollout.prompt_ids[b] for b in groups],
+        completion_ids=rollout.completion_ids[rows], logprobs=rollout.logprobs[rows], mask=rollout.mask[rows],
+        lengths=rollout.lengths[rows], texts=[rollout.texts[r] for r in keep], group_size=g,
+        policy_version=rollout.policy_version,
+        offpolicy=None if rollout.offpolicy is None else rollout.offpolicy[rows])
+
+
+def informative_groups(rewards: list[float], group_size: int, keep: int) -> list[int]:
+    """DAPO's dynamic sampling: the first ``keep`` groups whose rewards are not all equal.
+
+    A group whose samples all score the same gets zero advantage everywhere: it adds no policy
+    gradient and only dilutes a token-mean loss. If no group differs, the first group is kept,
+    so that every step still makes one (KL-only) update and advances the policy version.
+
+    >>> informative_groups([1, 1, 0, 1, 0.5, 0.5, 1, 0], 2, keep=1)
+    [1]
+    >>> informative_groups([1, 1, 0, 0], 2, keep=3)
+    [0]
+    """
+    groups = [rewards[b : b + group_size] for b in range(0, len(rewards), group_size)]
+    return [b for b, r in enumerate(groups) if max(r) > min(r)][:keep] or [0]

@@ -113,6 +113,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"mode": "turbo"}, "train.mode must be sync or async"),
     ({"minimal_rewrites": 4, "group_size": 4}, "train.minimal_rewrites must be in"),
     ({"rewrite_form": "shortest"}, "train.rewrite_form must be one of ('edit', 'shortcut', 'clauses')"),
+    ({"oversample": 0}, "train.oversample must be >= 1"),
     ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):
@@ -223,4 +224,33 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
     assert batch.negatives.texts == [r["surface"].split(":")[0] for r in rows], "clauses<eos> per group"
     metrics = ctl.update(batch)
     assert metrics["loss"] == metrics["loss"] and 0 <= metrics["early_end_p"] <= 1 and "unlikelihood" in metrics
+    ctl.shutdown()
+
+
+def test_dynamic_sampling_trains_on_the_groups_whose_rewards_differ(ray_local, setup, tmp_path):
+    """``train.oversample``: a step draws prompts_per_step x oversample intents and scores every
+    sample, but the learner gets only whole groups whose rewards differ, scores renumbered to them."""
+    from transformers import AutoTokenizer
+
+    from cluster.controller import GRPOController
+    from rollout.sampler import RolloutBatch, encode_completions, encode_prompts
+
+    cfg = _tiny(steps=1, prompts_per_step=2, oversample=2, group_size=3, rollout_workers=1, max_new_tokens=48)
+    ctl = GRPOController(cfg, setup / "data", setup / "init", tmp_path / "run", log=lambda m: None)
+    rows = ctl.train_rows[:4]
+    tok = AutoTokenizer.from_pretrained(str(setup / "init"))
+    broken = {1: "C1&", 3: "nonsense"}  # one failing sample in groups 1 and 3: their rewards differ
+    texts = [broken[b] if (b in broken and i == 2) else r["surface"] for b, r in enumerate(rows) for i in range(3)]
+    ids, mask = encode_completions(tok, texts)
+    intents = [r["intent"] for r in rows]
+    rollout = RolloutBatch(intents, encode_prompts(tok, intents, 192), ids, -torch.rand(ids.shape) * mask,
+                           mask, mask.sum(1), texts, 3, 0)
+    batch, sampled = ctl.score(rows, rollout)
+    assert len(sampled) == 12 and sum(not s.valid for s in sampled) == 2, "every sample scored"
+    assert batch.rollout.prompts == [intents[1], intents[3]]
+    assert batch.rollout.texts == texts[3:6] + texts[9:12]
+    assert batch.valid.tolist() == [True, True, False, True, True, False]
+    assert batch.rewards.shape == (6,) and batch.rewards[2] < batch.rewards[0]
+    m = ctl.train_step()  # the tiny policy's own samples: at most prompts_per_step groups train
+    assert ctl.position == 4 and 1 <= m["groups_trained"] <= 2 and m["policy_version"] == 1
     ctl.shutdown()

@@ -230,3 +230,26 @@ def test_the_clauses_form_collapses_clauses_and_keeps_the_ending(counter):
         assert rewrite == expected and meaning(parse(rewrite)) == meaning(parse(program))
         assert rewrite.endswith(program[len(program.split(":")[0]):]), "the ending as sampled"
     assert counter([cases[every + "&S?:audit"]])[0] < counter([every + "&S?:audit"])[0] - 20
+
+
+def test_dynamic_sampling_keeps_whole_groups_whose_rewards_differ(tok, counter):
+    """``informative_groups`` + ``select_groups``: the rows of the groups kept, in order, each row
+    with its own ids, log-probs, mask and off-policy flag; a batch where nothing differs keeps one."""
+    from rollout.sampler import informative_groups, select_groups
+
+    v = Validator()
+    refs = [v.validate(LONG).hash, v.validate(SHORT).hash, v.validate(SHORT).hash]
+    groups = [[LONG, LONG, LONG], [SHORT, "C12", SHORT], [SHORT, SHORT, SHORT]]
+    batch = _batch(tok, groups, [*INTENTS, INTENTS[1]])
+    batch.offpolicy = torch.tensor([False, True, False, False, False, True, False, False, False])
+    rewards = [s.reward for s in _scores(batch, counter, refs)]
+    assert informative_groups(rewards, 3, keep=8) == [1], "group 0 all pass alike, group 2 too"
+    assert informative_groups(rewards, 3, keep=0) == [0], "nothing kept: one group still trains"
+    out = select_groups(batch, [2, 0])
+    assert out.prompts == [INTENTS[1], INTENTS[0]] and out.texts == [SHORT] * 3 + [LONG] * 3
+    for new, old in enumerate([6, 7, 8, 0, 1, 2]):
+        assert torch.equal(out.completion_ids[new], batch.completion_ids[old])
+        assert torch.equal(out.logprobs[new], batch.logprobs[old]) and torch.equal(out.mask[new], batch.mask[old])
+        assert out.lengths[new] == batch.lengths[old] and out.offpolicy[new] == batch.offpolicy[old]
+    assert out.prompt_ids == [batch.prompt_ids[2], batch.prompt_ids[0]] and out.group_size == 3
+    assert out.policy_version == batch.policy_version
