@@ -49,6 +49,13 @@ class GRPOConfig:
     of ``ScoredBatch.negatives`` (``rollout.rewrite.early_end_negatives``; 0 = off, and the
     controller builds none). Its gradient is p(<eos>) itself: nothing while the policy does not
     end there, a growing push back as soon as it starts to."""
+    rewrite_nll: float = 0.0
+    """Weight of an imitation term on the off-policy rewrite rows (``train.minimal_rewrites``):
+    the mean negative log-likelihood of their tokens (at the sampling temperature), added to the
+    loss (0 = off). The policy-gradient term credits a rewrite only where it parts from its group
+    (with ``credit: prefix``, the collapsed set's first token); what follows a token the policy
+    has never written (``C*!`` then ``&S?:audit``) gets no credit and stays improbable. This term
+    teaches the whole validator-proven program, as SFT on it would."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -61,8 +68,9 @@ class GRPOConfig:
             raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")
         if self.scale not in SCALES:
             raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
-        if self.lr <= 0 or self.temperature <= 0 or self.beta < 0 or self.unlikelihood < 0:
-            raise ValueError("grpo.lr and grpo.temperature must be > 0, grpo.beta and grpo.unlikelihood >= 0")
+        if self.lr <= 0 or self.temperature <= 0 or min(self.beta, self.unlikelihood, self.rewrite_nll) < 0:
+            raise ValueError("grpo.lr and grpo.temperature must be > 0; grpo.beta, grpo.unlikelihood and "
+                             "grpo.rewrite_nll >= 0")
 
 
 @dataclass
@@ -166,6 +174,12 @@ class GRPOLearner:
             term, p_end = self.unlikelihood(batch.negatives)
             loss = loss + cfg.unlikelihood * term
             metrics.update(unlikelihood=float(term.detach()), early_end_p=p_end)
+        if cfg.rewrite_nll > 0 and ro.offpolicy is not None and bool(ro.offpolicy.any()):
+            rows = ro.offpolicy.to(self.device)
+            mask = ro.mask.to(self.device)[rows]
+            nll = -(logp[rows] * mask).sum() / mask.sum()
+            loss = loss + cfg.rewrite_nll * nll
+            metrics["rewrite_nll"] = float(nll.detach())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

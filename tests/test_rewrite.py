@@ -253,3 +253,39 @@ def test_dynamic_sampling_keeps_whole_groups_whose_rewards_differ(tok, counter):
         assert out.lengths[new] == batch.lengths[old] and out.offpolicy[new] == batch.offpolicy[old]
     assert out.prompt_ids == [batch.prompt_ids[2], batch.prompt_ids[0]] and out.group_size == 3
     assert out.policy_version == batch.policy_version
+
+
+def test_rewrite_nll_teaches_the_whole_rewrite_where_credit_stops_at_its_first_token(tok, counter):
+    """``grpo.rewrite_nll``: the metric is the mean NLL of the rewrite rows' tokens under the
+    policy before the step; with prefix credit alone the rewrite's tokens after the collapsed set
+    barely move, with the term every one of them rises."""
+    v = Validator()
+    long = "C1!&C2!&C3!&C4!&C5!&C6!&C7!&C8!&C9!&C10!&C11!&C12!&C13!&S?:audit"
+    batch = _batch(tok, [[long] * 4], ["enforce every contract rule and check S, for the audit"])
+    scores = _scores(batch, counter, [v.validate(long).hash])
+    out, replaced = minimal_rewrites(batch, scores, tok, 2, counter, "clauses")
+    assert out.texts[replaced[0]] == "C*!&S?:audit"
+    rescored = _scores(out, counter, [v.validate(long).hash])
+    rewards = torch.tensor([s.reward for s in rescored])
+    scored = ScoredBatch(out, rewards, torch.tensor([s.valid for s in rescored]))
+    row, n = replaced[0], int(out.lengths[replaced[0]])
+
+    def rewrite_logp(learner):
+        logp, _ = learner.completion_logprobs(learner.model, out)
+        return logp[row, :n].detach()
+
+    results = {}
+    for weight in (0.0, 1.0):
+        learner = GRPOLearner(build_policy(PRESETS["tiny"], tok, seed=0), tok,
+                              GRPOConfig(lr=1e-2, credit="prefix", rewrite_nll=weight))
+        before = rewrite_logp(learner)
+        metrics = learner.update(scored)
+        results[weight] = rewrite_logp(learner) - before
+        if weight:
+            assert metrics["rewrite_nll"] == pytest.approx(float(-before.mean()), rel=1e-4)
+        else:
+            assert "rewrite_nll" not in metrics, "0 is off"
+    assert bool((results[1.0] > 0).all()), "every token of the rewrite more likely"
+    assert float(results[1.0][1:].sum()) > float(results[0.0][1:].sum()) + 1.0, "after its first token too"
+    with pytest.raises(ValueError, match="grpo.rewrite_nll >= 0"):
+        GRPOConfig(rewrite_nll=-1.0)
