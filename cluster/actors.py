@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, WeightsRef
-from learner.policy import load_policy, policy_config_from_meta, save_policy
+from learner.policy import init_set_tokens, load_policy, policy_config_from_meta, save_policy
 from rollout.worker import RolloutWorker
 
 
@@ -30,6 +30,10 @@ class RolloutActor:
     def version(self) -> int:
         return self.worker.version
 
+    def parameter(self, name: str) -> torch.Tensor:
+        """One named parameter of the worker's policy copy (to check what a sync delivered)."""
+        return self.worker.model.state_dict()[name].detach().clone()
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -44,12 +48,14 @@ class RolloutActor:
 
 @ray.remote(num_cpus=0.5, max_restarts=0)
 class LearnerActor:
-    def __init__(self, checkpoint: str, cfg: GRPOConfig, threads: int = 1):
+    def __init__(self, checkpoint: str, cfg: GRPOConfig, threads: int = 1, set_token_init: float = 0.0):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(threads)
         # a learned encoding keeps training as its factors (rollout workers get it folded)
         model, tok, self.meta = load_policy(checkpoint, device=device, trainable_encoding=True)
+        if set_token_init:
+            init_set_tokens(model, tok, set_token_init)
         self.learner = GRPOLearner(model, tok, cfg, device=device)
 
     def update(self, batch: ScoredBatch) -> dict:

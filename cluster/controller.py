@@ -73,8 +73,12 @@ class GRPOController:
         self.learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {"num_cpus": self.t.learner_cpus}
         if check_cpus:
             _check_cpus(self.learner_opts["num_cpus"], self.t)
-        self.learner = LearnerActor.options(**self.learner_opts).remote(self.init, cfg.grpo)
+        fresh_init = self.t.set_token_init if saved is None else 0.0  # a checkpoint has them already
+        self.learner = LearnerActor.options(**self.learner_opts).remote(self.init, cfg.grpo,
+                                                                        set_token_init=fresh_init)
         self.workers = [self._new_worker(i) for i in range(self.t.rollout_workers)]
+        if fresh_init:
+            self.sync()  # the workers loaded the checkpoint as saved: give them the learner's rows
         self.counter = TokenCounter(self.data_dir / "tokenizer")
         self.pool = ValidatorPool(num_actors=self.t.validator_actors, timeout_s=60.0,
                                   token_counter=self.counter,

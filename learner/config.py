@@ -137,6 +137,10 @@ class TrainConfig:
     every group, and train on at most ``prompts_per_step`` of them: those whose rewards differ
     (after the rewrites). A group that all scores the same has zero advantage, adds no gradient
     and only dilutes the loss's token mean. 1 = off: train on every group drawn."""
+    set_token_init: float = 0.0
+    """At the start of a run (not on ``--resume``), set each full-set token's embedding (``C*``,
+    ``I*?``, ...) to this times the mean of its members' (``learner.policy.init_set_tokens``),
+    then publish those weights to the rollout workers. 0 = off: the warm start as saved."""
     tensorboard: bool = True
     """Also write every metric to RUN/tensorboard."""
     rollout_resource: str | None = None
@@ -167,6 +171,8 @@ class TrainConfig:
         if not 0 <= self.minimal_rewrites < self.group_size:
             raise ValueError(f"train.minimal_rewrites must be in [0, group_size) = [0, {self.group_size}), "
                              f"got {self.minimal_rewrites}")
+        if self.set_token_init < 0:
+            raise ValueError(f"train.set_token_init must be >= 0 (0 = off), got {self.set_token_init}")
         if self.oversample < 1:
             raise ValueError(f"train.oversample must be >= 1 (1 = no dynamic sampling), got {self.oversample}")
         if self.rewrite_form not in REWRITE_FORMS:

@@ -165,3 +165,37 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", trainable_
 
 def policy_config_from_meta(meta: dict) -> PolicyConfig:
     return PolicyConfig(**meta["policy"])
+
+
+def init_set_tokens(model, tokenizer, scale: float) -> dict[str, int]:
+    """Set each full-set token's embedding (``C*``, ``C*?``, ``I*!``, ...) to ``scale`` times the
+    mean embedding of its set's members (``C1``..``C13`` with the same operator); returns the
+    tokens set, by id.
+
+    A policy warm-started on surface programs has never written a full-set token: its rows only
+    ever received the softmax's push-down, and all six point one way (cosine 0.98). Mean-of-members
+    is how new tokens are usually initialized; at ``scale`` 2 the 10m warm start's greedy val
+    programs stay as they were, while the in-place collapsed form of a full set gains about 20
+    nats of log-probability (docs/TRAINING.md). A learned encoding's codes are set (the folded
+    embedding is linear in them), and an untied output layer gets the same rows.
+    """
+    from validator_actors.codebook import load_codebook
+
+    cb, vocab = load_codebook(), tokenizer.get_vocab()
+    emb = model.get_input_embeddings()
+    tables = [emb.codes.weight if isinstance(emb, FactorizedEmbedding) else emb.weight]
+    out = model.get_output_embeddings().weight
+    if out.data_ptr() != tables[0].data_ptr():
+        tables.append(out)
+    done = {}
+    with torch.no_grad():
+        for radical, entries in cb.entries.items():
+            for op in ("", *cb.unary_ops):
+                star, members = f"{radical}*{op}", [f"{radical}{n}{op}" for n in sorted(entries)]
+                if star not in vocab or any(m not in vocab for m in members):
+                    continue
+                ids = [vocab[m] for m in members]
+                for table in tables:
+                    table[vocab[star]] = table[ids].mean(0) * scale
+                done[star] = vocab[star]
+    return done

@@ -114,6 +114,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"minimal_rewrites": 4, "group_size": 4}, "train.minimal_rewrites must be in"),
     ({"rewrite_form": "shortest"}, "train.rewrite_form must be one of ('edit', 'shortcut', 'clauses')"),
     ({"oversample": 0}, "train.oversample must be >= 1"),
+    ({"set_token_init": -1}, "train.set_token_init must be >= 0"),
     ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):
@@ -254,3 +255,27 @@ def test_dynamic_sampling_trains_on_the_groups_whose_rewards_differ(ray_local, s
     m = ctl.train_step()  # the tiny policy's own samples: at most prompts_per_step groups train
     assert ctl.position == 4 and 1 <= m["groups_trained"] <= 2 and m["policy_version"] == 1
     ctl.shutdown()
+
+
+def test_set_token_init_reaches_the_learner_and_every_worker(ray_local, setup, tmp_path):
+    """``train.set_token_init``: the learner starts from the checkpoint with its full-set rows at
+    scale x their members' mean, and the controller publishes those weights to the workers."""
+    from transformers import AutoTokenizer
+
+    from cluster.controller import GRPOController
+    from learner.policy import PRESETS, build_policy, save_policy
+
+    tok = AutoTokenizer.from_pretrained("serve/assets/compressor_10m")  # has C*, I*?, ...
+    init = tmp_path / "init"
+    save_policy(build_policy(PRESETS["tiny"], tok, seed=0), tok, PRESETS["tiny"], init, {"stage": "init"})
+    saved = build_policy(PRESETS["tiny"], tok, seed=0).get_input_embeddings().weight.detach()
+    ctl = GRPOController(_tiny(steps=1, set_token_init=2.0), setup / "data", init, tmp_path / "run", log=lambda m: None)
+    try:
+        star, members = tok.convert_tokens_to_ids("C*!"), tok.convert_tokens_to_ids([f"C{k}!" for k in range(1, 14)])
+        learner = torch.from_numpy(ray.get(ctl.learner.weights.remote()).arrays["model.embed_tokens.weight"])
+        assert torch.allclose(learner[star], 2.0 * saved[members].mean(0), atol=1e-6)
+        assert torch.equal(learner[members], saved[members]), "only the full-set rows move"
+        for w in ctl.workers:
+            assert torch.equal(ray.get(w.parameter.remote("model.embed_tokens.weight")), learner)
+    finally:
+        ctl.shutdown()

@@ -237,3 +237,31 @@ def test_checkpoint_size_counts_the_model_weights_only(tmp_path):
                       ("optimizer.safetensors", 8), ("rng.safetensors", 1)):
         (tmp_path / name).write_bytes(b"\0" * (mib * 2**20))
     assert checkpoint_size_mb(tmp_path) == 4.0
+
+
+@pytest.mark.parametrize("d_enc", [None, 16])
+def test_set_tokens_start_at_a_multiple_of_their_members_mean(d_enc):
+    """``init_set_tokens``: each full-set token's row becomes scale x its members' mean, in the
+    input and output embeddings (tied, or a learned encoding's codes plus an untied head); no
+    other row moves."""
+    from learner.policy import init_set_tokens
+
+    tok = AutoTokenizer.from_pretrained("serve/assets/compressor_10m")  # the dataset's BPE, with C*, I*!, ...
+    model = build_policy(PRESETS["tiny"].with_(d_enc=d_enc), tok, seed=0)
+    emb = model.get_input_embeddings()
+    before_in = (emb.folded() if d_enc else emb.weight).detach().clone()
+    before_out = model.get_output_embeddings().weight.detach().clone()
+    done = init_set_tokens(model, tok, 2.0)
+    assert sorted(done) == ["C*", "C*!", "C*?", "I*", "I*!", "I*?"]
+    after_in = (emb.folded() if d_enc else emb.weight).detach()
+    after_out = model.get_output_embeddings().weight.detach()
+    vocab = tok.get_vocab()
+    for star, n in (("C*!", 13), ("I*?", 20), ("C*", 13)):
+        radical, op = star[0], star[2:]
+        members = [vocab[f"{radical}{k}{op}"] for k in range(1, n + 1)]
+        for before, after in ((before_in, after_in), (before_out, after_out)):
+            assert torch.allclose(after[vocab[star]], 2.0 * before[members].mean(0), atol=1e-6)
+    others = torch.ones(len(tok), dtype=torch.bool)
+    others[list(done.values())] = False
+    assert torch.equal(after_in[others], before_in[others]) and torch.equal(after_out[others], before_out[others])
+    assert not torch.equal(after_in[~others], before_in[~others])
