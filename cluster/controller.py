@@ -36,7 +36,7 @@ from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
-from rollout.rewrite import early_end_negatives, minimal_rewrites
+from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_anchors
 from rollout.sampler import RolloutBatch, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
@@ -187,7 +187,7 @@ class GRPOController:
         intents = [r["intent"] for r in rows for _ in range(g)]
         refs = [r["reference_hash"] for r in rows for _ in range(g)]
         sampled = self.pool.score(intents, rollout.texts, refs)
-        scores = list(sampled)
+        scores, anchors = list(sampled), None
         if self.t.minimal_rewrites:
             rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
                                                  self.counter, self.t.rewrite_form)
@@ -195,14 +195,18 @@ class GRPOController:
                          [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
             for i, s in zip(replaced, redo):
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
+            if self.cfg.grpo.rewrite_nll > 0:
+                anchors = rewrite_anchors(rollout, sampled)
         if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
-            rollout, scores = _keep_groups(rollout, scores, informative_groups(
-                [s.reward for s in scores], g, self.t.prompts_per_step))
+            groups = informative_groups([s.reward for s in scores], g, self.t.prompts_per_step)
+            rollout, scores = _keep_groups(rollout, scores, groups)
+            if anchors is not None:
+                anchors = anchors[[b * g + i for b in groups for i in range(g)]]
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
         negatives = (early_end_negatives(rollout, scores, self.tokenizer)
                      if self.cfg.grpo.unlikelihood > 0 else None)
-        return ScoredBatch(rollout, rewards, valid, negatives), sampled
+        return ScoredBatch(rollout, rewards, valid, negatives, anchors), sampled
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)

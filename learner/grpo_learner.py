@@ -55,7 +55,9 @@ class GRPOConfig:
     loss (0 = off). The policy-gradient term credits a rewrite only where it parts from its group
     (with ``credit: prefix``, the collapsed set's first token); what follows a token the policy
     has never written (``C*!`` then ``&S?:audit``) gets no credit and stays improbable. This term
-    teaches the whole validator-proven program, as SFT on it would."""
+    teaches the whole validator-proven program, as SFT on it would, together with
+    ``ScoredBatch.anchors`` (the written-out sample's tokens after the point where the rewrite
+    parts from it, ``rollout.rewrite.rewrite_anchors``), one mean over all those tokens."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -81,6 +83,7 @@ class ScoredBatch:
     rewards: torch.Tensor  # (B*G,) float32, prompt-major like rollout rows
     valid: torch.Tensor  # (B*G,) bool, passed the validator
     negatives: RolloutBatch | None = None  # wrong endings for the unlikelihood term (group size 1)
+    anchors: torch.Tensor | None = None  # (B*G, T) bool: sampled tokens imitated with the rewrites
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,11 @@ class GRPOLearner:
             loss = loss + cfg.unlikelihood * term
             metrics.update(unlikelihood=float(term.detach()), early_end_p=p_end)
         if cfg.rewrite_nll > 0 and ro.offpolicy is not None and bool(ro.offpolicy.any()):
-            rows = ro.offpolicy.to(self.device)
-            mask = ro.mask.to(self.device)[rows]
-            nll = -(logp[rows] * mask).sum() / mask.sum()
+            imitate = ro.mask & ro.offpolicy[:, None]
+            if batch.anchors is not None:
+                imitate = imitate | batch.anchors
+            imitate = imitate.to(self.device)
+            nll = -(logp * imitate).sum() / imitate.sum()
             loss = loss + cfg.rewrite_nll * nll
             metrics["rewrite_nll"] = float(nll.detach())
         self.opt.zero_grad(set_to_none=True)

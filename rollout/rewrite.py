@@ -217,3 +217,31 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
     return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
                         ids, torch.zeros(ids.shape), mask, mask.sum(1), [head for _, head in picks], 1,
                         rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))
+
+
+def rewrite_anchors(rollout: RolloutBatch, sampled: Sequence[Score]) -> torch.Tensor | None:
+    """(N, T) bool: in each group that got rewrites (``rollout.offpolicy``), the tokens of the
+    sample they were rewritten from (the group's best valid sample) after the token where it
+    and the rewrite part; None if no group did.
+
+    ``C1!&C2!&…&C13!&S?:audit`` rewritten to ``C*!&S?:audit`` parts at the first token; its
+    anchor is ``&C2!&…&C13!&S?:audit<eos>``. Imitating the rewrite alone teaches "end the clause
+    after fewer terms" for that intent, and the policy soon drops the last term of long programs
+    it still writes out (attempts 23-24); imitating the anchor too keeps the written-out form
+    whole once started, without pushing back the token where the rewrite parts from it.
+    """
+    if rollout.offpolicy is None or not bool(rollout.offpolicy.any()):
+        return None
+    g = rollout.group_size
+    anchors = torch.zeros_like(rollout.mask)
+    for start in range(0, len(sampled), g):
+        rows = [r for r in range(start, start + g) if rollout.offpolicy[r]]
+        best = _best_valid(sampled[start : start + g])
+        if not rows or best is None:
+            continue
+        src, new = rollout.completion_ids[best.index], rollout.completion_ids[rows[0]]
+        n = int(rollout.mask[best.index].sum())
+        differ = (src[:n] != new[:n]).nonzero()
+        part = int(differ[0]) if len(differ) else n
+        anchors[best.index, part + 1 : n] = True
+    return anchors

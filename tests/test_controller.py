@@ -203,7 +203,7 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
     cfg = RunConfig.from_dict({
         "model": {"preset": "tiny"},
         "grpo": {"lr": 1e-3, "max_completion_length": 48, "credit": "prefix", "unlikelihood": 1.0,
-                 "valid_floor": 0.0},
+                 "valid_floor": 0.0, "rewrite_nll": 1.0},
         "train": {"steps": 1, "prompts_per_step": 2, "group_size": 3, "rollout_workers": 1,
                   "validator_actors": 1, "max_new_tokens": 48, "eval_every": 50, "eval_samples": 4,
                   "checkpoint_every": 50, "tensorboard": False, "minimal_rewrites": 1,
@@ -223,8 +223,11 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
         rewritten = [batch.rollout.texts[i] for i in range(3 * g, 3 * g + 3) if batch.rollout.offpolicy[i]]
         assert rewritten == [r["surface"].replace(":execute", "")], "edit: only the default context goes"
     assert batch.negatives.texts == [r["surface"].split(":")[0] for r in rows], "clauses<eos> per group"
+    anchored = batch.anchors.any(1).nonzero().flatten().tolist()
+    assert anchored == [0, 3], "each group's best sample (the first, on a tie) is the anchor"
     metrics = ctl.update(batch)
     assert metrics["loss"] == metrics["loss"] and 0 <= metrics["early_end_p"] <= 1 and "unlikelihood" in metrics
+    assert metrics["rewrite_nll"] > 0
     ctl.shutdown()
 
 

@@ -289,3 +289,22 @@ def test_rewrite_nll_teaches_the_whole_rewrite_where_credit_stops_at_its_first_t
     assert float(results[1.0][1:].sum()) > float(results[0.0][1:].sum()) + 1.0, "after its first token too"
     with pytest.raises(ValueError, match="grpo.rewrite_nll >= 0"):
         GRPOConfig(rewrite_nll=-1.0)
+
+
+def test_anchors_are_the_written_out_sample_after_the_rewrite_parts_from_it(tok, counter):
+    from rollout.rewrite import rewrite_anchors
+
+    v = Validator()
+    long = "C1!&C2!&C3!&C4!&C5!&C6!&C7!&C8!&C9!&C10!&C11!&C12!&C13!&S?:audit"
+    plain = "S?&C4:audit"  # nothing to collapse: no rewrite, no anchor
+    batch = _batch(tok, [[long] * 4, [plain] * 4], ["enforce every contract rule, check S", "check S, uphold C4"])
+    refs = [v.validate(long).hash, v.validate(plain).hash]
+    sampled = _scores(batch, counter, refs)
+    out, replaced = minimal_rewrites(batch, sampled, tok, 2, counter, "clauses")
+    assert replaced == [1, 2] and rewrite_anchors(batch, sampled) is None, "no rewrites, no anchors"
+    anchors = rewrite_anchors(out, sampled)
+    assert anchors.shape == out.mask.shape and anchors.sum(1).nonzero().flatten().tolist() == [0]
+    assert not bool((anchors & ~out.mask).any()), "only real tokens"
+    kept = out.completion_ids[0][anchors[0]].tolist()
+    assert kept[-1] == tok.eos_token_id
+    assert tok.decode(kept[:-1]).replace(" ", "") == long[len("C1!"):], "everything after the first token"
