@@ -36,7 +36,7 @@ from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
-from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_anchors
+from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_anchors, wrong_step_negatives
 from rollout.sampler import RolloutBatch, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
@@ -204,8 +204,13 @@ class GRPOController:
                 anchors = anchors[[b * g + i for b in groups for i in range(g)]]
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
-        negatives = (early_end_negatives(rollout, scores, self.tokenizer)
-                     if self.cfg.grpo.unlikelihood > 0 else None)
+        negatives = None
+        if self.cfg.grpo.unlikelihood > 0:
+            built = [early_end_negatives(rollout, scores, self.tokenizer)]
+            if self.t.wrong_steps:
+                built.append(wrong_step_negatives(rollout, scores, self.tokenizer))
+            built = [b for b in built if b is not None]
+            negatives = merge_rollouts(built) if built else None
         return ScoredBatch(rollout, rewards, valid, negatives, anchors), sampled
 
     def update(self, batch: ScoredBatch) -> dict:

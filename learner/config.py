@@ -137,6 +137,10 @@ class TrainConfig:
     every group, and train on at most ``prompts_per_step`` of them: those whose rewards differ
     (after the rewrites). A group that all scores the same has zero advantage, adds no gradient
     and only dilutes the loss's token mean. 1 = off: train on every group drawn."""
+    wrong_steps: bool = False
+    """Also give the unlikelihood term (``grpo.unlikelihood``, which must be > 0) the steps the
+    validator proves wrong in each group's best sample: a lone set member written as its full
+    set, and the clauses' last term left out (``rollout.rewrite.wrong_step_negatives``)."""
     set_token_init: float = 0.0
     """At the start of a run (not on ``--resume``), set each full-set token's embedding (``C*``,
     ``I*?``, ...) to this times the mean of its members' (``learner.policy.init_set_tokens``),
@@ -198,6 +202,10 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.wrong_steps and self.grpo.unlikelihood <= 0:
+            raise ValueError("train.wrong_steps needs grpo.unlikelihood > 0 (the weight of the term they feed)")
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:

@@ -245,3 +245,67 @@ def rewrite_anchors(rollout: RolloutBatch, sampled: Sequence[Score]) -> torch.Te
         part = int(differ[0]) if len(differ) else n
         anchors[best.index, part + 1 : n] = True
     return anchors
+
+
+def _lone_member_as_set(terms: list[str], ending: str, m: Meaning, cb: Codebook) -> str | None:
+    """The clauses up to the first lone set member (the first numbered 1, else the first of all)
+    written as its full set instead (``A?&C1`` -> ``A?&C*``), when that changes the meaning."""
+    members = [(i, hit) for i in range(0, len(terms), 2)
+               if (hit := re.fullmatch(r"([A-Z])(\d+)([^\w&|]?)", terms[i])) and hit.group(1) in cb.entries]
+    if not members:
+        return None
+    i, hit = next(((i, h) for i, h in members if h.group(2) == "1"), members[0])
+    star = f"{hit.group(1)}*{hit.group(3)}"
+    changed = "".join(terms[:i]) + star + "".join(terms[i + 1 :]) + ending
+    return "".join(terms[:i]) + star if _meaning(changed, cb) != m else None
+
+
+def _last_term_dropped(terms: list[str], ending: str, m: Meaning, cb: Codebook) -> str | None:
+    """The clauses without their last term, then the context token (``C1&L!&A?:build`` ->
+    ``C1&L!:build``), when the program names a context and that changes the meaning."""
+    ctx = re.match(f"{re.escape(cb.symbols['context'])}[^{re.escape(cb.symbols['output'])}]+", ending)
+    if ctx is None or len(terms) < 3:
+        return None
+    shorter = "".join(terms[:-2])
+    return shorter + ctx.group(0) if _meaning(shorter + ending, cb) != m else None
+
+
+def wrong_step_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenizer) -> RolloutBatch | None:
+    """Steps the validator proves wrong, one row each ending in the wrong token, from each
+    group's best valid sample: a lone set member written as its full set (``A?&C1:validate``
+    gives ``A?&C*``) and the clauses' last term left out (``C1&L!&A?:build`` gives
+    ``C1&L!:build``). For the learner's unlikelihood term on the last token, like
+    :func:`early_end_negatives` (``train.wrong_steps``).
+
+    These are the two ways programs failed once the policy had started to learn the full-set
+    tokens in place (attempts 24-25): ``C*`` where the intent means ``C1`` alone, and a clause
+    ended one term early. Both rows end in a token the policy now gives real probability to,
+    where the unlikelihood gradient (p itself) is no longer nil. None when no group has one.
+    """
+    cb = load_codebook()
+    g = rollout.group_size
+    picks: list[tuple[int, str]] = []
+    for start in range(0, len(scores), g):
+        best = _best_valid(scores[start : start + g])
+        if best is None:
+            continue
+        text = rollout.texts[best.index]
+        m = _meaning(text, cb)
+        if m is None:
+            continue
+        head, ending = _split(text, cb)
+        terms = re.split(r"([&|])", head)
+        for wrong in (_lone_member_as_set(terms, ending, m, cb), _last_term_dropped(terms, ending, m, cb)):
+            if wrong is not None:
+                picks.append((start // g, wrong))
+    if not picks:
+        return None
+    seqs = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in picks]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), True
+    return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
+                        ids, torch.zeros(ids.shape), mask, mask.sum(1), [text for _, text in picks], 1,
+                        rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))

@@ -308,3 +308,25 @@ def test_anchors_are_the_written_out_sample_after_the_rewrite_parts_from_it(tok,
     kept = out.completion_ids[0][anchors[0]].tolist()
     assert kept[-1] == tok.eos_token_id
     assert tok.decode(kept[:-1]).replace(" ", "") == long[len("C1!"):], "everything after the first token"
+
+
+def test_wrong_steps_are_a_lone_member_as_its_set_and_a_dropped_last_term(tok, counter):
+    """Each row ends in the token the validator proves wrong there; a full set written out is
+    not "a lone member" (``C*`` for its ``C1`` means the same), and a program without a context
+    has no dropped-last-term row."""
+    from rollout.rewrite import wrong_step_negatives
+
+    v = Validator()
+    programs = ["A?&C1:validate>_runs/migration-459",
+                "C1&C2&C3&C4&C5&C6&C7&C8&C9&C10&C11&C12&C13&L!&A?:build",
+                "I12&I5!&C9?|I16&I7:execute>_runs/hotfix-781", "C4"]
+    batch = _batch(tok, [[p, p] for p in programs], programs)
+    neg = wrong_step_negatives(batch, _scores(batch, counter, [v.validate(p).hash for p in programs]), tok)
+    assert neg.texts == ["A?&C*", "A?:validate", "C1&C2&C3&C4&C5&C6&C7&C8&C9&C10&C11&C12&C13&L!:build",
+                         "I*", "I12&I5!&C9?|I16:execute", "C*"]
+    assert neg.prompts == [programs[0], programs[0], programs[1], programs[2], programs[2], programs[3]]
+    last = [tok.convert_ids_to_tokens(int(row[n - 1])) for row, n in zip(neg.completion_ids, neg.lengths)]
+    assert last == ["C*", ":validate", ":build", "I*", ":execute", "C*"], "the wrong token is the last one"
+    assert neg.group_size == 1 and bool(neg.offpolicy.all()) and tok.eos_token_id not in neg.completion_ids
+    for text, program in zip(neg.texts, [programs[i] for i in (0, 0, 1, 2, 2, 3)]):
+        assert not program.startswith(text), "each row parts from the sample at its last token"
