@@ -57,7 +57,7 @@ class GRPOController:
         self.cfg, self.t = cfg, cfg.train
         self.data_dir, self.out, self.log, self.on_eval = Path(data_dir), Path(out), log, on_eval
         self.out.mkdir(parents=True, exist_ok=True)
-        self.train_rows = read_split(self.data_dir, "train").to_pylist()
+        self.train_rows = read_split(self.data_dir, self.t.split).to_pylist()
         self.val_rows = read_split(self.data_dir, "val").to_pylist()[: self.t.eval_samples]
         self.order = list(range(len(self.train_rows)))
         random.Random(self.t.seed).shuffle(self.order)

@@ -137,6 +137,9 @@ class TrainConfig:
     every group, and train on at most ``prompts_per_step`` of them: those whose rewards differ
     (after the rewrites). A group that all scores the same has zero advantage, adds no gradient
     and only dilutes the loss's token mean. 1 = off: train on every group drawn."""
+    split: str = "train"
+    """The dataset file GRPO draws its intents from: ``train`` (what SFT trained on) or ``rl``
+    (``tinycompress data --rl N``: intents no supervised step saw)."""
     wrong_steps: bool = False
     """Also give the unlikelihood term (``grpo.unlikelihood``, which must be > 0) the steps the
     validator proves wrong in each group's best sample: a lone set member written as its full
@@ -175,6 +178,8 @@ class TrainConfig:
         if not 0 <= self.minimal_rewrites < self.group_size:
             raise ValueError(f"train.minimal_rewrites must be in [0, group_size) = [0, {self.group_size}), "
                              f"got {self.minimal_rewrites}")
+        if self.split not in ("train", "rl"):
+            raise ValueError(f"train.split must be train or rl, got {self.split!r}")
         if self.set_token_init < 0:
             raise ValueError(f"train.set_token_init must be >= 0 (0 = off), got {self.set_token_init}")
         if self.oversample < 1:

@@ -8,11 +8,20 @@ import sys
 
 
 def _data(args: argparse.Namespace) -> int:
-    from rollout.dataset import build_dataset
+    from rollout.dataset import build_dataset, build_rl_prompts
+
+    if args.rl_only:
+        stats = build_rl_prompts(args.out, args.rl, seed=args.seed,
+                                 progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+        print(json.dumps({"out": str(args.out), "rl": {"count": stats["count"]}}, indent=2))
+        return 0
 
     stats = build_dataset(args.out, n=args.n, seed=args.seed, vocab_size=args.vocab_size,
                           paraphrases=args.paraphrases,
                           progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+    if args.rl:
+        stats["splits"]["rl"] = build_rl_prompts(args.out, args.rl, seed=args.seed,
+                                                 progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
     summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
                | {"intent_tokens_mean": s["intent_tokens"]["mean"],
                   "program_tokens_mean": s["program_tokens"]["mean"]}
@@ -43,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
     p.add_argument("--paraphrases", type=int, default=4,
                    help="extra wordings per train request in train_paraphrases.parquet (0 = none)")
+    p.add_argument("--rl", type=int, default=0,
+                   help="also write rl.parquet: N GRPO intents that supervised training never saw (0 = none)")
+    p.add_argument("--rl-only", action="store_true",
+                   help="write only rl.parquet (--rl N) into an existing dataset folder --out")
     p.set_defaults(func=_data)
     p = sub.add_parser("baseline", help="score the rule-based compressor on a split")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")

@@ -189,6 +189,42 @@ def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: in
     return stats
 
 
+RL_SEED_OFFSET = 2_000_029
+
+
+def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print) -> dict:
+    """Write ``rl.parquet``: ``n`` intents for GRPO that supervised training never saw.
+
+    Train templates, intent texts new to every split (paraphrases included), and programs
+    outside val and test, so the evaluation stays clean (they may repeat a train program in new
+    words, as the paraphrases do). Same columns as the splits, token counts with the dataset's
+    own tokenizer. The 10m warm start saw train and its paraphrases for 15 epochs and gives
+    their programs p ~ 1 at every token; on intents it has never seen it is less sure, and
+    that is where a GRPO step's failures and its protective gradients are.
+    """
+    from rollout.tokenizer import load_bpe
+
+    data_dir = Path(data_dir)
+    cb, validator = load_codebook(), Validator()
+    splits = {name: read_split(data_dir, name) for name in (*SPLITS, "heldout", "train_paraphrases")
+              if (data_dir / f"{name}.parquet").exists()}
+    seen_intents = {i for t in splits.values() for i in t.column("intent").to_pylist()}
+    held_programs = {p for name in ("val", "test") for p in splits[name].column("program").to_pylist()}
+    gen = IntentGenerator(cb, seed + RL_SEED_OFFSET)
+    progress(f"generating {n} GRPO intents (new wordings, no val/test program)")
+    examples: list[Example] = []
+    while len(examples) < n:
+        ex = gen.example(gen.rng.choice(template_ids(False)))
+        if ex.intent in seen_intents or ir.canonical(ex.meaning, cb) in held_programs:
+            continue
+        seen_intents.add(ex.intent)
+        examples.append(ex)
+    rows = _rows(examples, "rl", cb, validator, load_bpe(data_dir / "tokenizer"))
+    _write(pa.table(rows, schema=EXAMPLE_SCHEMA), data_dir / "rl.parquet")
+    progress(f"wrote rl.parquet ({n} rows)")
+    return _split_stats(rows, cb)
+
+
 def read_split(data_dir: str | Path, split: str) -> pa.Table:
     """Read one split (train, val, test, heldout or corrupt) with a clear error if missing."""
     path = Path(data_dir) / f"{split}.parquet"

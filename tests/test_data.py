@@ -147,3 +147,30 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "train.parquet").read_bytes() != (c / "train.parquet").read_bytes()
     assert pq.read_table(a / "train.parquet").num_rows == 240
+
+
+def test_rl_prompts_are_new_intents_with_no_val_or_test_program(tmp_path):
+    """``tinycompress data --rl N --rl-only``: N GRPO intents that no split (paraphrases included)
+    has, whose programs stay out of val and test, each reference passing the validator; the
+    other files are left as they were."""
+    import hashlib
+
+    from rollout.dataset import build_rl_prompts
+
+    out = tmp_path / "data"
+    build_dataset(out, n=400, seed=3, progress=lambda m: None, paraphrases=2)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.parquet")}
+    stats = build_rl_prompts(out, 150, seed=3, progress=lambda m: None)
+    rl = read_split(out, "rl").to_pylist()
+    assert len(rl) == stats["count"] == 150 and len({r["intent"] for r in rl}) == 150
+    names = (*SPLITS, "heldout", "train_paraphrases")
+    seen = {r["intent"] for s in names for r in read_split(out, s).to_pylist()}
+    assert not {r["intent"] for r in rl} & seen
+    held = {r["program"] for s in ("val", "test") for r in read_split(out, s).to_pylist()}
+    assert not {r["program"] for r in rl} & held
+    v = Validator()
+    assert all(v.validate(r["surface"], r["reference_hash"]).valid for r in rl)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.parquet")
+            if p.name != "rl.parquet"} == before
+    build_rl_prompts(out, 150, seed=3, progress=lambda m: None)
+    assert read_split(out, "rl").to_pylist() == rl, "same seed, same rows"
