@@ -36,7 +36,7 @@ from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
-from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_anchors, wrong_step_negatives
+from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_imitation, wrong_step_negatives
 from rollout.sampler import RolloutBatch, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
@@ -187,7 +187,7 @@ class GRPOController:
         intents = [r["intent"] for r in rows for _ in range(g)]
         refs = [r["reference_hash"] for r in rows for _ in range(g)]
         sampled = self.pool.score(intents, rollout.texts, refs)
-        scores, anchors = list(sampled), None
+        scores, imitate = list(sampled), None
         if self.t.minimal_rewrites:
             rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
                                                  self.counter, self.t.rewrite_form)
@@ -196,12 +196,12 @@ class GRPOController:
             for i, s in zip(replaced, redo):
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
             if self.cfg.grpo.rewrite_nll > 0:
-                anchors = rewrite_anchors(rollout, sampled)
+                imitate = rewrite_imitation(rollout, sampled, self.cfg.grpo.rewrite_span)
         if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
             groups = informative_groups([s.reward for s in scores], g, self.t.prompts_per_step)
             rollout, scores = _keep_groups(rollout, scores, groups)
-            if anchors is not None:
-                anchors = anchors[[b * g + i for b in groups for i in range(g)]]
+            if imitate is not None:
+                imitate = imitate[[b * g + i for b in groups for i in range(g)]]
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
         negatives = None
@@ -211,7 +211,7 @@ class GRPOController:
                 built.append(wrong_step_negatives(rollout, scores, self.tokenizer))
             built = [b for b in built if b is not None]
             negatives = merge_rollouts(built) if built else None
-        return ScoredBatch(rollout, rewards, valid, negatives, anchors), sampled
+        return ScoredBatch(rollout, rewards, valid, negatives, imitate), sampled
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)

@@ -55,9 +55,12 @@ class GRPOConfig:
     loss (0 = off). The policy-gradient term credits a rewrite only where it parts from its group
     (with ``credit: prefix``, the collapsed set's first token); what follows a token the policy
     has never written (``C*!`` then ``&S?:audit``) gets no credit and stays improbable. This term
-    teaches the whole validator-proven program, as SFT on it would, together with
-    ``ScoredBatch.anchors`` (the written-out sample's tokens after the point where the rewrite
-    parts from it, ``rollout.rewrite.rewrite_anchors``), one mean over all those tokens."""
+    teaches the validator-proven program as SFT on it would: one mean over the tokens of
+    ``ScoredBatch.imitate`` (which ``rewrite_span`` picks; ``rollout.rewrite.rewrite_imitation``)."""
+    rewrite_span: str = "all"
+    """What ``rewrite_nll`` imitates: ``all`` (every rewrite token, plus the written-out sample's
+    tokens after the point where the rewrite parts from it) or ``to_part`` (the rewrite's tokens
+    up to and including that point: the shorter choice only, what follows left to the policy)."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -66,6 +69,8 @@ class GRPOConfig:
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.rewrite_span not in ("all", "to_part"):
+            raise ValueError(f"grpo.rewrite_span must be all or to_part, got {self.rewrite_span!r}")
         if self.credit not in CREDITS:
             raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")
         if self.scale not in SCALES:
@@ -83,7 +88,7 @@ class ScoredBatch:
     rewards: torch.Tensor  # (B*G,) float32, prompt-major like rollout rows
     valid: torch.Tensor  # (B*G,) bool, passed the validator
     negatives: RolloutBatch | None = None  # wrong endings for the unlikelihood term (group size 1)
-    anchors: torch.Tensor | None = None  # (B*G, T) bool: sampled tokens imitated with the rewrites
+    imitate: torch.Tensor | None = None  # (B*G, T) bool: the tokens rewrite_nll imitates
 
 
 @dataclass(frozen=True)
@@ -177,10 +182,9 @@ class GRPOLearner:
             term, p_end = self.unlikelihood(batch.negatives)
             loss = loss + cfg.unlikelihood * term
             metrics.update(unlikelihood=float(term.detach()), early_end_p=p_end)
-        if cfg.rewrite_nll > 0 and ro.offpolicy is not None and bool(ro.offpolicy.any()):
-            imitate = ro.mask & ro.offpolicy[:, None]
-            if batch.anchors is not None:
-                imitate = imitate | batch.anchors
+        imitate = batch.imitate if batch.imitate is not None else (
+            ro.mask & ro.offpolicy[:, None] if ro.offpolicy is not None else None)
+        if cfg.rewrite_nll > 0 and imitate is not None and bool(imitate.any()):
             imitate = imitate.to(self.device)
             nll = -(logp * imitate).sum() / imitate.sum()
             loss = loss + cfg.rewrite_nll * nll

@@ -219,21 +219,28 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
                         rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))
 
 
-def rewrite_anchors(rollout: RolloutBatch, sampled: Sequence[Score]) -> torch.Tensor | None:
-    """(N, T) bool: in each group that got rewrites (``rollout.offpolicy``), the tokens of the
-    sample they were rewritten from (the group's best valid sample) after the token where it
-    and the rewrite part; None if no group did.
+IMITATION_SPANS = ("all", "to_part")
 
-    ``C1!&C2!&…&C13!&S?:audit`` rewritten to ``C*!&S?:audit`` parts at the first token; its
-    anchor is ``&C2!&…&C13!&S?:audit<eos>``. Imitating the rewrite alone teaches "end the clause
-    after fewer terms" for that intent, and the policy soon drops the last term of long programs
-    it still writes out (attempts 23-24); imitating the anchor too keeps the written-out form
-    whole once started, without pushing back the token where the rewrite parts from it.
+
+def rewrite_imitation(rollout: RolloutBatch, sampled: Sequence[Score], span: str = "all") -> torch.Tensor | None:
+    """(N, T) bool: the tokens ``grpo.rewrite_nll`` imitates, None if no group got rewrites.
+
+    In each group with rewrites (``rollout.offpolicy``), the rewrite parts from the sample it
+    was rewritten from (the group's best valid sample) at one token: ``C1!&C2!&…&C13!&S?:audit``
+    rewritten to ``C*!&S?:audit`` parts at the first. ``span="to_part"``: the rewrite rows'
+    tokens up to and including that token (``C*!``), so only the choice that makes the program
+    shorter is taught and what follows stays the policy's own. ``span="all"``: every token of
+    the rewrite rows, plus the **anchor**, the source sample's tokens after the part
+    (``&C2!&…&C13!&S?:audit<eos>``): imitating the rewrite's ending alone teaches "end the
+    clause after fewer terms", and the anchor keeps a set the policy has started to write out
+    whole (attempts 23-25: it did not stop the policy from dropping last terms).
     """
+    if span not in IMITATION_SPANS:
+        raise ValueError(f"imitation span must be one of {IMITATION_SPANS}, got {span!r}")
     if rollout.offpolicy is None or not bool(rollout.offpolicy.any()):
         return None
     g = rollout.group_size
-    anchors = torch.zeros_like(rollout.mask)
+    imitate = torch.zeros_like(rollout.mask)
     for start in range(0, len(sampled), g):
         rows = [r for r in range(start, start + g) if rollout.offpolicy[r]]
         best = _best_valid(sampled[start : start + g])
@@ -243,8 +250,12 @@ def rewrite_anchors(rollout: RolloutBatch, sampled: Sequence[Score]) -> torch.Te
         n = int(rollout.mask[best.index].sum())
         differ = (src[:n] != new[:n]).nonzero()
         part = int(differ[0]) if len(differ) else n
-        anchors[best.index, part + 1 : n] = True
-    return anchors
+        if span == "all":
+            imitate[rows] = rollout.mask[rows]
+            imitate[best.index, part + 1 : n] = True
+        else:
+            imitate[rows, : part + 1] = rollout.mask[rows, : part + 1]
+    return imitate
 
 
 def _lone_member_as_set(terms: list[str], ending: str, m: Meaning, cb: Codebook) -> str | None:

@@ -225,8 +225,9 @@ def test_score_and_update_carry_the_rewrite_form_wrong_endings_and_prefix_credit
         rewritten = [batch.rollout.texts[i] for i in range(3 * g, 3 * g + 3) if batch.rollout.offpolicy[i]]
         assert rewritten == [r["surface"].replace(":execute", "")], "edit: only the default context goes"
     assert batch.negatives.texts == [r["surface"].split(":")[0] for r in rows], "clauses<eos> per group"
-    anchored = batch.anchors.any(1).nonzero().flatten().tolist()
-    assert anchored == [0, 3], "each group's best sample (the first, on a tie) is the anchor"
+    imitated = batch.imitate.any(1).nonzero().flatten().tolist()
+    assert imitated == sorted([0, 3, *batch.rollout.offpolicy.nonzero().flatten().tolist()]), \
+        "the rewrites, and each group's best sample (the first, on a tie) as the anchor"
     metrics = ctl.update(batch)
     assert metrics["loss"] == metrics["loss"] and 0 <= metrics["early_end_p"] <= 1 and "unlikelihood" in metrics
     assert metrics["rewrite_nll"] > 0

@@ -291,23 +291,29 @@ def test_rewrite_nll_teaches_the_whole_rewrite_where_credit_stops_at_its_first_t
         GRPOConfig(rewrite_nll=-1.0)
 
 
-def test_anchors_are_the_written_out_sample_after_the_rewrite_parts_from_it(tok, counter):
-    from rollout.rewrite import rewrite_anchors
+def test_imitation_spans_the_whole_rewrite_and_anchor_or_the_rewrite_up_to_its_part(tok, counter):
+    from rollout.rewrite import rewrite_imitation
 
     v = Validator()
     long = "C1!&C2!&C3!&C4!&C5!&C6!&C7!&C8!&C9!&C10!&C11!&C12!&C13!&S?:audit"
-    plain = "S?&C4:audit"  # nothing to collapse: no rewrite, no anchor
+    plain = "S?&C4:audit"  # nothing to collapse: no rewrite, nothing imitated
     batch = _batch(tok, [[long] * 4, [plain] * 4], ["enforce every contract rule, check S", "check S, uphold C4"])
     refs = [v.validate(long).hash, v.validate(plain).hash]
     sampled = _scores(batch, counter, refs)
     out, replaced = minimal_rewrites(batch, sampled, tok, 2, counter, "clauses")
-    assert replaced == [1, 2] and rewrite_anchors(batch, sampled) is None, "no rewrites, no anchors"
-    anchors = rewrite_anchors(out, sampled)
-    assert anchors.shape == out.mask.shape and anchors.sum(1).nonzero().flatten().tolist() == [0]
-    assert not bool((anchors & ~out.mask).any()), "only real tokens"
-    kept = out.completion_ids[0][anchors[0]].tolist()
-    assert kept[-1] == tok.eos_token_id
-    assert tok.decode(kept[:-1]).replace(" ", "") == long[len("C1!"):], "everything after the first token"
+    assert replaced == [1, 2] and rewrite_imitation(batch, sampled) is None, "no rewrites, nothing imitated"
+    every = rewrite_imitation(out, sampled, "all")
+    assert every.shape == out.mask.shape and every.any(1).nonzero().flatten().tolist() == [0, 1, 2]
+    assert not bool((every & ~out.mask).any()), "only real tokens"
+    assert torch.equal(every[1:3], out.mask[1:3]), "every token of the rewrites"
+    anchor = out.completion_ids[0][every[0]].tolist()
+    assert anchor[-1] == tok.eos_token_id
+    assert tok.decode(anchor[:-1]).replace(" ", "") == long[len("C1!"):], "the source after its first token"
+    head = rewrite_imitation(out, sampled, "to_part")
+    assert head.any(1).nonzero().flatten().tolist() == [1, 2] and int(head[1].sum()) == 1
+    assert tok.convert_ids_to_tokens(int(out.completion_ids[1][head[1]][0])) == "C*!", "the shorter choice only"
+    with pytest.raises(ValueError, match="imitation span must be one of"):
+        rewrite_imitation(out, sampled, "some")
 
 
 def test_wrong_steps_are_a_lone_member_as_its_set_and_a_dropped_last_term(tok, counter):
