@@ -48,7 +48,10 @@ class RolloutActor:
 
 @ray.remote(num_cpus=0.5, max_restarts=0)
 class LearnerActor:
-    def __init__(self, checkpoint: str, cfg: GRPOConfig, threads: int = 1, set_token_init: float = 0.0):
+    def __init__(self, checkpoint: str, cfg: GRPOConfig, threads: int = 1, set_token_init: float = 0.0,
+                 reference: str | None = None, reference_set_token_init: float = 0.0):
+        """``reference`` (a resumed run's starting checkpoint, its full-set rows initialized with
+        ``reference_set_token_init``): the KL term's frozen model; default: ``checkpoint`` itself."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(threads)
@@ -56,7 +59,12 @@ class LearnerActor:
         model, tok, self.meta = load_policy(checkpoint, device=device, trainable_encoding=True)
         if set_token_init:
             init_set_tokens(model, tok, set_token_init)
-        self.learner = GRPOLearner(model, tok, cfg, device=device)
+        ref = None
+        if reference is not None and cfg.beta > 0:
+            ref, _, _ = load_policy(reference, device=device)
+            if reference_set_token_init:
+                init_set_tokens(ref, tok, reference_set_token_init)
+        self.learner = GRPOLearner(model, tok, cfg, device=device, reference=ref)
 
     def update(self, batch: ScoredBatch) -> dict:
         return self.learner.update(batch)

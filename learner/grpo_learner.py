@@ -118,10 +118,15 @@ def sequence_batch(rollout: RolloutBatch, pad_id: int) -> tuple[torch.Tensor, to
 class GRPOLearner:
     """Holds the policy, its optimizer, and optionally a frozen reference copy."""
 
-    def __init__(self, model, tokenizer, cfg: GRPOConfig, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, cfg: GRPOConfig, device: str | torch.device = "cpu", reference=None):
+        """``reference``: the frozen model of the KL term (default: a copy of ``model``). A resumed
+        run passes the run's starting policy, not the checkpoint it resumes from."""
         self.cfg, self.tok, self.device = cfg, tokenizer, torch.device(device)
         self.model = model.to(self.device)
-        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        self.ref = None
+        if cfg.beta > 0:
+            self.ref = (reference.to(self.device) if reference is not None else copy.deepcopy(model))
+            self.ref.eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
         self.version = 0
 

@@ -38,7 +38,7 @@ def test_two_synchronous_grpo_steps(ray_local, setup):
 def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
     from cluster.controller import GRPOController, latest_checkpoint
 
-    raw = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
+    raw = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12, "beta": 0.04},
            "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
                      "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50,
                      "eval_samples": 2, "checkpoint_every": 1}}
@@ -58,6 +58,7 @@ def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3], "no step lost or repeated"
     assert rows[-1]["policy_version"] == 3 and second.position == 6
+    assert rows[-1]["kl"] > 1e-6, "the KL reference is still the run's start, not the checkpoint resumed from"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", setup / "empty",
                        log=lambda m: None, resume=True)
