@@ -84,6 +84,23 @@ def _best_valid(group: Sequence[Score]) -> Score | None:
     return max(valid, key=lambda s: (s.reward, -s.index)) if valid else None
 
 
+def _best_programs(rollout: RolloutBatch, scores: Sequence[Score], cb: Codebook):
+    """(group, text, meaning) of each group's best valid sample that parses."""
+    g = rollout.group_size
+    for start in range(0, len(scores), g):
+        best = _best_valid(scores[start : start + g])
+        if best is not None and (m := _meaning(rollout.texts[best.index], cb)) is not None:
+            yield start // g, rollout.texts[best.index], m
+
+
+def _negatives(rollout: RolloutBatch, picks: list[tuple[int, str]], ids: torch.Tensor,
+               mask: torch.Tensor) -> RolloutBatch:
+    """Rows ``ids`` (one per ``(group, text)`` pick) as an off-policy batch of group size 1."""
+    return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
+                        ids, torch.zeros(ids.shape), mask, mask.sum(1), [text for _, text in picks], 1,
+                        rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))
+
+
 def minimal_form(program: str) -> str | None:
     """The shortest printing of ``program``'s meaning, or None if it does not parse."""
     cb = load_codebook()
@@ -201,22 +218,11 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
     last token (``GRPOConfig.unlikelihood``). None when no group has one.
     """
     cb = load_codebook()
-    g = rollout.group_size
-    picks: list[tuple[int, str]] = []
-    for start in range(0, len(scores), g):
-        best = _best_valid(scores[start : start + g])
-        if best is None:
-            continue
-        text = rollout.texts[best.index]
-        m, head = _meaning(text, cb), _head(text, cb)
-        if m is not None and head and _meaning(head, cb) != m:
-            picks.append((start // g, head))
+    picks = [(b, head) for b, text, m in _best_programs(rollout, scores, cb)
+             if (head := _head(text, cb)) and _meaning(head, cb) != m]
     if not picks:
         return None
-    ids, mask = encode_completions(tokenizer, [head for _, head in picks])
-    return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
-                        ids, torch.zeros(ids.shape), mask, mask.sum(1), [head for _, head in picks], 1,
-                        rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))
+    return _negatives(rollout, picks, *encode_completions(tokenizer, [head for _, head in picks]))
 
 
 IMITATION_SPANS = ("all", "to_part")
@@ -294,29 +300,13 @@ def wrong_step_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokeniz
     where the unlikelihood gradient (p itself) is no longer nil. None when no group has one.
     """
     cb = load_codebook()
-    g = rollout.group_size
     picks: list[tuple[int, str]] = []
-    for start in range(0, len(scores), g):
-        best = _best_valid(scores[start : start + g])
-        if best is None:
-            continue
-        text = rollout.texts[best.index]
-        m = _meaning(text, cb)
-        if m is None:
-            continue
+    for b, text, m in _best_programs(rollout, scores, cb):
         head, ending = _split(text, cb)
         terms = re.split(r"([&|])", head)
         for wrong in (_lone_member_as_set(terms, ending, m, cb), _last_term_dropped(terms, ending, m, cb)):
             if wrong is not None:
-                picks.append((start // g, wrong))
+                picks.append((b, wrong))
     if not picks:
         return None
-    seqs = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in picks]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, seq in enumerate(seqs):
-        ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), True
-    return RolloutBatch([rollout.prompts[b] for b, _ in picks], [rollout.prompt_ids[b] for b, _ in picks],
-                        ids, torch.zeros(ids.shape), mask, mask.sum(1), [text for _, text in picks], 1,
-                        rollout.policy_version, torch.ones(len(picks), dtype=torch.bool))
+    return _negatives(rollout, picks, *encode_completions(tokenizer, [text for _, text in picks], eos=False))

@@ -40,10 +40,12 @@ def encode_prompts(tokenizer, intents: list[str], max_prompt_len: int) -> list[l
     return [[tokenizer.bos_token_id] + ids[: max_prompt_len - 2] + [tokenizer.sep_token_id] for ids in body]
 
 
-def encode_completions(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (N, T): each program's tokens then ``<eos>``, padded on the right, as the
-    sampler's completions are (for rows the sampler did not draw: rewrites, wrong endings)."""
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+def encode_completions(tokenizer, texts: list[str], eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (N, T): each program's tokens then ``<eos>`` (unless ``eos=False``: a
+    partial program), padded on the right, as the sampler's completions are (for rows the
+    sampler did not draw: rewrites, wrong endings)."""
+    end = [tokenizer.eos_token_id] if eos else []
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + end for t in texts]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
