@@ -11,7 +11,7 @@ def _data(args: argparse.Namespace) -> int:
     from rollout.dataset import build_dataset, build_rl_prompts
 
     if args.rl_only:
-        stats = build_rl_prompts(args.out, args.rl, seed=args.seed,
+        stats = build_rl_prompts(args.out, args.rl, seed=args.seed, new_programs=args.rl_new_programs,
                                  progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
         print(json.dumps({"out": str(args.out), "rl": {"count": stats["count"]}}, indent=2))
         return 0
@@ -21,7 +21,7 @@ def _data(args: argparse.Namespace) -> int:
                           progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
     if args.rl:
         stats["splits"]["rl"] = build_rl_prompts(args.out, args.rl, seed=args.seed,
-                                                 progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+                                                 new_programs=args.rl_new_programs, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
     summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
                | {"intent_tokens_mean": s["intent_tokens"]["mean"],
                   "program_tokens_mean": s["program_tokens"]["mean"]}
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write rl.parquet: N GRPO intents that supervised training never saw (0 = none)")
     p.add_argument("--rl-only", action="store_true",
                    help="write only rl.parquet (--rl N) into an existing dataset folder --out")
+    p.add_argument("--rl-new-programs", action="store_true",
+                   help="rl.parquet without any train program either (every intent a new combination)")
     p.set_defaults(func=_data)
     p = sub.add_parser("baseline", help="score the rule-based compressor on a split")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")

@@ -192,7 +192,8 @@ def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: in
 RL_SEED_OFFSET = 2_000_029
 
 
-def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print) -> dict:
+def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print,
+                     new_programs: bool = False) -> dict:
     """Write ``rl.parquet``: ``n`` intents for GRPO that supervised training never saw.
 
     Train templates, intent texts new to every split (paraphrases included), and programs
@@ -200,7 +201,9 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
     words, as the paraphrases do). Same columns as the splits, token counts with the dataset's
     own tokenizer. The 10m warm start saw train and its paraphrases for 15 epochs and gives
     their programs p ~ 1 at every token; on intents it has never seen it is less sure, and
-    that is where a GRPO step's failures and its protective gradients are.
+    that is where a GRPO step's failures and its protective gradients are. ``new_programs``:
+    no train program either, so that every intent asks for a combination SFT never wrote, as
+    every val and test intent does (val and test are disjoint from train by program).
     """
     from rollout.tokenizer import load_bpe
 
@@ -209,9 +212,10 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
     splits = {name: read_split(data_dir, name) for name in (*SPLITS, "heldout", "train_paraphrases")
               if (data_dir / f"{name}.parquet").exists()}
     seen_intents = {i for t in splits.values() for i in t.column("intent").to_pylist()}
-    held_programs = {p for name in ("val", "test") for p in splits[name].column("program").to_pylist()}
+    held = ("val", "test", "train") if new_programs else ("val", "test")
+    held_programs = {p for name in held for p in splits[name].column("program").to_pylist()}
     gen = IntentGenerator(cb, seed + RL_SEED_OFFSET)
-    progress(f"generating {n} GRPO intents (new wordings, no val/test program)")
+    progress(f"generating {n} GRPO intents (new wordings, no {'/'.join(held)} program)")
     examples: list[Example] = []
     while len(examples) < n:
         ex = gen.example(gen.rng.choice(template_ids(False)))

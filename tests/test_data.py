@@ -174,3 +174,8 @@ def test_rl_prompts_are_new_intents_with_no_val_or_test_program(tmp_path):
             if p.name != "rl.parquet"} == before
     build_rl_prompts(out, 150, seed=3, progress=lambda m: None)
     assert read_split(out, "rl").to_pylist() == rl, "same seed, same rows"
+    assert {r["program"] for r in rl} & {r["program"] for r in read_split(out, "train").to_pylist()}, \
+        "by default a train program may come back in new words"
+    build_rl_prompts(out, 150, seed=3, progress=lambda m: None, new_programs=True)
+    train_programs = {r["program"] for r in read_split(out, "train").to_pylist()}
+    assert not {r["program"] for r in read_split(out, "rl").to_pylist()} & train_programs
