@@ -126,7 +126,7 @@ def test_config_is_strict_and_round_trips(tmp_path):
         RunConfig.from_dict({"model": {"preset": "7b"}})
     with pytest.raises(TypeError, match="sft.batch_size must be int"):
         RunConfig.from_dict({"sft": {"batch_size": "32"}})
-    for name in ("tiny", "10m", "50m"):
+    for name in ("tiny", "10m", "50m", "10m_full_sets"):
         cfg = RunConfig.from_yaml(f"tune_configs/{name}.yaml")
         cfg.to_yaml(tmp_path / f"{name}.yaml")
         assert RunConfig.from_yaml(tmp_path / f"{name}.yaml") == cfg
