@@ -279,7 +279,7 @@ def test_set_token_init_reaches_the_learner_and_every_worker(ray_local, setup, t
     ctl = GRPOController(_tiny(steps=1, set_token_init=2.0), setup / "data", init, tmp_path / "run", log=lambda m: None)
     try:
         star, members = tok.convert_tokens_to_ids("C*!"), tok.convert_tokens_to_ids([f"C{k}!" for k in range(1, 14)])
-        learner = torch.from_numpy(ray.get(ctl.learner.weights.remote()).arrays["model.embed_tokens.weight"])
+        learner = torch.from_numpy(ray.get(ctl.learner.weights.remote()).arrays["model.embed_tokens.weight"].copy())
         assert torch.allclose(learner[star], 2.0 * saved[members].mean(0), atol=1e-6)
         assert torch.equal(learner[members], saved[members]), "only the full-set rows move"
         for w in ctl.workers:
