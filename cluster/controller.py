@@ -37,7 +37,7 @@ from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
 from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_imitation, wrong_step_negatives
-from rollout.sampler import RolloutBatch, informative_groups, merge_rollouts, select_groups
+from rollout.sampler import RolloutBatch, group_rows, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Score, Validator, score
@@ -201,9 +201,7 @@ class GRPOController:
                 imitate = rewrite_imitation(rollout, sampled, self.cfg.grpo.rewrite_span)
         if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
             groups = informative_groups([s.reward for s in scores], g, self.t.prompts_per_step)
-            rollout, scores = _keep_groups(rollout, scores, groups)
-            if imitate is not None:
-                imitate = imitate[[b * g + i for b in groups for i in range(g)]]
+            rollout, scores, imitate = _keep_groups(rollout, scores, imitate, groups)
         rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
         valid = torch.tensor([s.valid for s in scores])
         negatives = None
@@ -350,11 +348,13 @@ class GRPOController:
             ray.kill(actor)
 
 
-def _keep_groups(rollout: RolloutBatch, scores: list[Score], groups: list[int]) -> tuple[RolloutBatch, list[Score]]:
-    """The batch of ``groups`` only, with each score's index renumbered to its row there."""
-    g = rollout.group_size
-    kept = [scores[b * g + i] for b in groups for i in range(g)]
-    return select_groups(rollout, groups), [dataclasses.replace(s, index=j) for j, s in enumerate(kept)]
+def _keep_groups(rollout: RolloutBatch, scores: list[Score], imitate: torch.Tensor | None,
+                 groups: list[int]) -> tuple[RolloutBatch, list[Score], torch.Tensor | None]:
+    """The batch, scores and imitation mask of ``groups`` only, each score's index renumbered to
+    its row there."""
+    rows = group_rows(groups, rollout.group_size)
+    return (select_groups(rollout, groups), [dataclasses.replace(scores[r], index=j) for j, r in enumerate(rows)],
+            None if imitate is None else imitate[rows])
 
 
 def _progress_line(m: dict, steps: int) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from learner.grpo import CREDITS, LOSS_TYPES, SCALES, group_advantages, grpo_loss, prefix_advantages
 from learner.policy import FactorizedEmbedding
+from rollout.rewrite import IMITATION_SPANS
 from rollout.sampler import RolloutBatch
 
 
@@ -69,7 +70,7 @@ class GRPOConfig:
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"grpo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.rewrite_span not in ("all", "to_part"):
+        if self.rewrite_span not in IMITATION_SPANS:
             raise ValueError(f"grpo.rewrite_span must be all or to_part, got {self.rewrite_span!r}")
         if self.credit not in CREDITS:
             raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")

@@ -10,18 +10,21 @@ import sys
 def _data(args: argparse.Namespace) -> int:
     from rollout.dataset import build_dataset, build_rl_prompts
 
+    def progress(message: str) -> None:
+        print(f"[data] {message}", file=sys.stderr, flush=True)
+
     if args.rl_only:
         stats = build_rl_prompts(args.out, args.rl, seed=args.seed, new_programs=args.rl_new_programs,
-                                 progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+                                 progress=progress)
         print(json.dumps({"out": str(args.out), "rl": {"count": stats["count"]}}, indent=2))
         return 0
 
     stats = build_dataset(args.out, n=args.n, seed=args.seed, vocab_size=args.vocab_size,
                           paraphrases=args.paraphrases,
-                          progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+                          progress=progress)
     if args.rl:
         stats["splits"]["rl"] = build_rl_prompts(args.out, args.rl, seed=args.seed,
-                                                 new_programs=args.rl_new_programs, progress=lambda m: print(f"[data] {m}", file=sys.stderr, flush=True))
+                                                 new_programs=args.rl_new_programs, progress=progress)
     summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
                | {"intent_tokens_mean": s["intent_tokens"]["mean"],
                   "program_tokens_mean": s["program_tokens"]["mean"]}

@@ -43,13 +43,15 @@ CORRUPT_SCHEMA = pa.schema([
 
 
 def _unique_examples(gen: IntentGenerator, n: int, templates: list[int], seen_intents: set[str],
-                     seen_programs: set[str] | None) -> list[Example]:
-    """``n`` examples with new intent texts (and new programs when ``seen_programs`` is given)."""
+                     seen_programs: set[str] | None, held_programs: frozenset[str] = frozenset()) -> list[Example]:
+    """``n`` examples with new intent texts (and new programs when ``seen_programs`` is given),
+    none with a program in ``held_programs``."""
     out: list[Example] = []
     while len(out) < n:
         ex = gen.example(gen.rng.choice(templates))
         program = ir.canonical(ex.meaning, gen.cb)
-        if ex.intent in seen_intents or (seen_programs is not None and program in seen_programs):
+        if (ex.intent in seen_intents or program in held_programs
+                or (seen_programs is not None and program in seen_programs)):
             continue
         seen_intents.add(ex.intent)
         if seen_programs is not None:
@@ -213,16 +215,10 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
               if (data_dir / f"{name}.parquet").exists()}
     seen_intents = {i for t in splits.values() for i in t.column("intent").to_pylist()}
     held = ("val", "test", "train") if new_programs else ("val", "test")
-    held_programs = {p for name in held for p in splits[name].column("program").to_pylist()}
+    held_programs = frozenset(p for name in held for p in splits[name].column("program").to_pylist())
     gen = IntentGenerator(cb, seed + RL_SEED_OFFSET)
     progress(f"generating {n} GRPO intents (new wordings, no {'/'.join(held)} program)")
-    examples: list[Example] = []
-    while len(examples) < n:
-        ex = gen.example(gen.rng.choice(template_ids(False)))
-        if ex.intent in seen_intents or ir.canonical(ex.meaning, cb) in held_programs:
-            continue
-        seen_intents.add(ex.intent)
-        examples.append(ex)
+    examples = _unique_examples(gen, n, template_ids(False), seen_intents, None, held_programs)
     rows = _rows(examples, "rl", cb, validator, load_bpe(data_dir / "tokenizer"))
     _write(pa.table(rows, schema=EXAMPLE_SCHEMA), data_dir / "rl.parquet")
     progress(f"wrote rl.parquet ({n} rows)")

@@ -176,10 +176,15 @@ def merge_rollouts(batches: list[RolloutBatch]) -> RolloutBatch:
     )
 
 
+def group_rows(groups: list[int], group_size: int) -> list[int]:
+    """The row indices of ``groups`` in a prompt-major batch, group by group in the order given."""
+    return [b * group_size + i for b in groups for i in range(group_size)]
+
+
 def select_groups(rollout: RolloutBatch, groups: list[int]) -> RolloutBatch:
     """The rows of ``groups`` (group indices, in the order given): a smaller batch of whole groups."""
     g = rollout.group_size
-    keep = [b * g + i for b in groups for i in range(g)]
+    keep = group_rows(groups, g)
     rows = torch.tensor(keep, dtype=torch.long)
     return RolloutBatch(
         prompts=[rollout.prompts[b] for b in groups], prompt_ids=[rollout.prompt_ids[b] for b in groups],
