@@ -49,7 +49,9 @@ def jobspec_schema(cb: Codebook) -> dict:
             "catalytic_domains", "determinism",
         ],
         "properties": {
-            "job_id": {"type": "string", "pattern": "^job-[0-9a-f]{16}$"},
+            # the length bound keeps out a job id with a trailing newline: Python's "$"
+            # (jsonschema) also matches before a final newline, ECMA's (fastjsonschema) does not
+            "job_id": {"type": "string", "pattern": "^job-[0-9a-f]{16}$", "minLength": 20, "maxLength": 20},
             "phase": {"enum": list(cb.contexts)},
             "task_type": {"enum": sorted(set(TASK_TYPES.values()) | {"composite"})},
             "intent": {"type": "string", "minLength": 1},
