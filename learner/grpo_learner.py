@@ -223,6 +223,8 @@ class GRPOLearner:
             if keys:
                 state[idx] = {k: (v.reshape(()) if k == "step" else v.to(self.device)) for k, v in keys.items()}
         self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        for group in self.opt.param_groups:  # the config's lr, not the saved one: a resume may lower it
+            group["lr"] = self.cfg.lr
         self.version = int(meta["version"])
 
     def weights(self) -> WeightsRef:

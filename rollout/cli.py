@@ -15,7 +15,7 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.rl_only:
         stats = build_rl_prompts(args.out, args.rl, seed=args.seed, new_programs=args.rl_new_programs,
-                                 progress=progress)
+                                 set_share=args.rl_set_share, progress=progress)
         print(json.dumps({"out": str(args.out), "rl": {"count": stats["count"]}}, indent=2))
         return 0
 
@@ -24,7 +24,8 @@ def _data(args: argparse.Namespace) -> int:
                           progress=progress)
     if args.rl:
         stats["splits"]["rl"] = build_rl_prompts(args.out, args.rl, seed=args.seed,
-                                                 new_programs=args.rl_new_programs, progress=progress)
+                                                 new_programs=args.rl_new_programs, set_share=args.rl_set_share,
+                                                 progress=progress)
     summary = {split: {k: s[k] for k in ("count", "compression_mean", "compression_minimal_mean")}
                | {"intent_tokens_mean": s["intent_tokens"]["mean"],
                   "program_tokens_mean": s["program_tokens"]["mean"]}
@@ -61,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write only rl.parquet (--rl N) into an existing dataset folder --out")
     p.add_argument("--rl-new-programs", action="store_true",
                    help="rl.parquet without any train program either (every intent a new combination)")
+    p.add_argument("--rl-set-share", type=float, default=None, metavar="F",
+                   help="fraction of rl.parquet intents whose minimal form writes a complete set as "
+                        "one star token (default: as drawn, about 0.11)")
     p.set_defaults(func=_data)
     p = sub.add_parser("baseline", help="score the rule-based compressor on a split")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")

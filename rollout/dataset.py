@@ -17,6 +17,7 @@ import json
 import random
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,15 +44,17 @@ CORRUPT_SCHEMA = pa.schema([
 
 
 def _unique_examples(gen: IntentGenerator, n: int, templates: list[int], seen_intents: set[str],
-                     seen_programs: set[str] | None, held_programs: frozenset[str] = frozenset()) -> list[Example]:
+                     seen_programs: set[str] | None, held_programs: frozenset[str] = frozenset(),
+                     keep: Callable[[Example], bool] | None = None) -> list[Example]:
     """``n`` examples with new intent texts (and new programs when ``seen_programs`` is given),
-    none with a program in ``held_programs``."""
+    none with a program in ``held_programs``, each one ``keep`` accepts if given."""
     out: list[Example] = []
     while len(out) < n:
         ex = gen.example(gen.rng.choice(templates))
         program = ir.canonical(ex.meaning, gen.cb)
         if (ex.intent in seen_intents or program in held_programs
-                or (seen_programs is not None and program in seen_programs)):
+                or (seen_programs is not None and program in seen_programs)
+                or (keep is not None and not keep(ex))):
             continue
         seen_intents.add(ex.intent)
         if seen_programs is not None:
@@ -194,8 +197,13 @@ def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: in
 RL_SEED_OFFSET = 2_000_029
 
 
+def _writes_a_set(ex: Example, cb: Codebook) -> bool:
+    """Whether the minimal form of ``ex`` writes a complete set as one star token (``I*?``)."""
+    return "*" in ir.minimal(ex.meaning, cb)
+
+
 def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print,
-                     new_programs: bool = False) -> dict:
+                     new_programs: bool = False, set_share: float | None = None) -> dict:
     """Write ``rl.parquet``: ``n`` intents for GRPO that supervised training never saw.
 
     Train templates, intent texts new to every split (paraphrases included), and programs
@@ -206,8 +214,14 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
     that is where a GRPO step's failures and its protective gradients are. ``new_programs``:
     no train program either, so that every intent asks for a combination SFT never wrote, as
     every val and test intent does (val and test are disjoint from train by program).
+    ``set_share``: the fraction of intents whose minimal form writes a complete set as one star
+    token (about 0.11 as drawn; None keeps the draw). Those are where nearly all of GRPO's
+    saving is, and where the policy has to learn what follows a token it never wrote.
     """
     from rollout.tokenizer import load_bpe
+
+    if set_share is not None and not 0.0 <= set_share <= 1.0:
+        raise ValueError(f"set_share must be in [0, 1], got {set_share}")
 
     data_dir = Path(data_dir)
     cb, validator = load_codebook(), Validator()
@@ -217,8 +231,18 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
     held = ("val", "test", "train") if new_programs else ("val", "test")
     held_programs = frozenset(p for name in held for p in splits[name].column("program").to_pylist())
     gen = IntentGenerator(cb, seed + RL_SEED_OFFSET)
-    progress(f"generating {n} GRPO intents (new wordings, no {'/'.join(held)} program)")
-    examples = _unique_examples(gen, n, template_ids(False), seen_intents, None, held_programs)
+    progress(f"generating {n} GRPO intents (new wordings, no {'/'.join(held)} program"
+             + (f", {set_share:.0%} writing a complete set)" if set_share is not None else ")"))
+    templates = template_ids(False)
+    if set_share is None:
+        examples = _unique_examples(gen, n, templates, seen_intents, None, held_programs)
+    else:
+        n_sets = round(n * set_share)
+        examples = (_unique_examples(gen, n_sets, templates, seen_intents, None, held_programs,
+                                     keep=lambda ex: _writes_a_set(ex, cb))
+                    + _unique_examples(gen, n - n_sets, templates, seen_intents, None, held_programs,
+                                       keep=lambda ex: not _writes_a_set(ex, cb)))
+        gen.rng.shuffle(examples)
     rows = _rows(examples, "rl", cb, validator, load_bpe(data_dir / "tokenizer"))
     _write(pa.table(rows, schema=EXAMPLE_SCHEMA), data_dir / "rl.parquet")
     progress(f"wrote rl.parquet ({n} rows)")

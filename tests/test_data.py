@@ -179,3 +179,27 @@ def test_rl_prompts_are_new_intents_with_no_val_or_test_program(tmp_path):
     build_rl_prompts(out, 150, seed=3, progress=lambda m: None, new_programs=True)
     train_programs = {r["program"] for r in read_split(out, "train").to_pylist()}
     assert not {r["program"] for r in read_split(out, "rl").to_pylist()} & train_programs
+
+
+def test_rl_set_share_fixes_the_fraction_of_intents_that_write_a_complete_set(tmp_path):
+    """``--rl-set-share F``: round(F * N) of the rl intents have a star token in their minimal
+    form, the rest none; the other guarantees (new intents, no val/test program) still hold."""
+    from rollout.dataset import build_rl_prompts
+
+    out = tmp_path / "data"
+    build_dataset(out, n=400, seed=3, progress=lambda m: None, paraphrases=0)
+    build_rl_prompts(out, 120, seed=3, progress=lambda m: None)
+    drawn = sum("*" in r["minimal"] for r in read_split(out, "rl").to_pylist())
+    build_rl_prompts(out, 120, seed=3, progress=lambda m: None, set_share=0.5)
+    rl = read_split(out, "rl").to_pylist()
+    stars = [r for r in rl if "*" in r["minimal"]]
+    assert len(rl) == 120 and len(stars) == 60 > 2 * drawn
+    assert all(r["minimal_tokens"] < r["program_tokens"] for r in stars)
+    assert any("*" in r["minimal"] for r in rl[60:]), "the two kinds are shuffled together"
+    held = {r["program"] for s in ("val", "test") for r in read_split(out, s).to_pylist()}
+    assert not {r["program"] for r in rl} & held
+    seen = {r["intent"] for s in (*SPLITS, "heldout") for r in read_split(out, s).to_pylist()}
+    assert not {r["intent"] for r in rl} & seen
+    with pytest.raises(ValueError, match="set_share"):
+        build_rl_prompts(out, 10, progress=lambda m: None, set_share=1.5)
+
