@@ -36,7 +36,8 @@ from cluster.actors import LearnerActor, RolloutActor
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
-from rollout.rewrite import early_end_negatives, minimal_rewrites, rewrite_imitation, wrong_step_negatives
+from rollout.rewrite import (best_sample_imitation, early_end_negatives, minimal_rewrites, rewrite_imitation,
+                             wrong_step_negatives)
 from rollout.sampler import RolloutBatch, group_rows, informative_groups, merge_rollouts, select_groups
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
@@ -199,6 +200,8 @@ class GRPOController:
                 scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
             if self.cfg.grpo.rewrite_nll > 0:
                 imitate = rewrite_imitation(rollout, sampled, self.cfg.grpo.rewrite_span)
+        if self.t.imitate_best and (best := best_sample_imitation(rollout, sampled)) is not None:
+            imitate = best if imitate is None else imitate | best
         if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
             groups = informative_groups([s.reward for s in scores], g, self.t.prompts_per_step)
             rollout, scores, imitate = _keep_groups(rollout, scores, imitate, groups)

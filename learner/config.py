@@ -144,6 +144,11 @@ class TrainConfig:
     """Also give the unlikelihood term (``grpo.unlikelihood``, which must be > 0) the steps the
     validator proves wrong in each group's best sample: a lone set member written as its full
     set, and the clauses' last term left out (``rollout.rewrite.wrong_step_negatives``)."""
+    imitate_best: bool = False
+    """Also imitate (``grpo.rewrite_nll``, which must be > 0) each group's best valid sample where
+    the group also failed: self-imitation of the validator-proven program on exactly the intents
+    the policy still gets wrong (``rollout.rewrite.best_sample_imitation``). Rewrites teach only
+    groups with two valid samples; a policy that fails an intent greedily seldom has them."""
     set_token_init: float = 0.0
     """At the start of a run (not on ``--resume``), set each full-set token's embedding (``C*``,
     ``I*?``, ...) to this times the mean of its members' (``learner.policy.init_set_tokens``),
@@ -211,6 +216,8 @@ class RunConfig:
     def __post_init__(self):
         if self.train.wrong_steps and self.grpo.unlikelihood <= 0:
             raise ValueError("train.wrong_steps needs grpo.unlikelihood > 0 (the weight of the term they feed)")
+        if self.train.imitate_best and self.grpo.rewrite_nll <= 0:
+            raise ValueError("train.imitate_best needs grpo.rewrite_nll > 0 (the weight of the term it feeds)")
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:

@@ -264,6 +264,21 @@ def rewrite_imitation(rollout: RolloutBatch, sampled: Sequence[Score], span: str
     return imitate
 
 
+def best_sample_imitation(rollout: RolloutBatch, sampled: Sequence[Score]) -> torch.Tensor | None:
+    """(N, T) bool: the tokens of each group's best valid sample where the same group also has a
+    failing sample; None if no group is mixed. ``C*?&L?&A?:build`` failing beside
+    ``C*?&L?&I17?:build`` marks the latter whole: what follows the set token is taught
+    where the policy is unsure of it, not only where a rewrite was found."""
+    g = rollout.group_size
+    imitate = torch.zeros_like(rollout.mask)
+    for start in range(0, len(sampled), g):
+        group = sampled[start : start + g]
+        best = _best_valid(group)
+        if best is not None and not all(s.valid for s in group):
+            imitate[best.index] = rollout.mask[best.index]
+    return imitate if bool(imitate.any()) else None
+
+
 def _lone_member_as_set(terms: list[str], ending: str, m: Meaning, cb: Codebook) -> str | None:
     """The clauses up to the first lone set member (the first numbered 1, else the first of all)
     written as its full set instead (``A?&C1`` -> ``A?&C*``), when that changes the meaning."""

@@ -118,6 +118,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"set_token_init": -1}, "train.set_token_init must be >= 0"),
     ({"split": "val"}, "train.split must be train or rl"),
     ({"wrong_steps": True}, "train.wrong_steps needs grpo.unlikelihood > 0"),
+    ({"imitate_best": True}, "train.imitate_best needs grpo.rewrite_nll > 0"),
     ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):

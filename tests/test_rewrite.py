@@ -336,3 +336,33 @@ def test_wrong_steps_are_a_lone_member_as_its_set_and_a_dropped_last_term(tok, c
     assert neg.group_size == 1 and bool(neg.offpolicy.all()) and tok.eos_token_id not in neg.completion_ids
     for text, program in zip(neg.texts, [programs[i] for i in (0, 0, 1, 2, 2, 3)]):
         assert not program.startswith(text), "each row parts from the sample at its last token"
+
+
+def test_best_sample_imitation_marks_the_best_valid_sample_of_mixed_groups_only(tok, counter):
+    """``train.imitate_best``: in a group with both a failure and a valid sample, the shortest
+    valid sample's tokens (its <eos> included) are imitated; an all-valid group, an all-failing
+    group and the failures themselves are not."""
+    from rollout.rewrite import best_sample_imitation
+
+    v = Validator()
+    ref = v.validate(LONG).hash
+    short = minimal_form(LONG)
+    groups = [["I9&", LONG, short, "C1"],  # mixed: the shorter valid sample is the best
+              [LONG, LONG, short, LONG],  # all valid
+              ["C1", "I9&", "C2", "&&"]]  # all failing
+    batch = _batch(tok, groups, INTENTS[:1] * 3)
+    sampled = _scores(batch, counter, [ref] * 3)
+    mask = best_sample_imitation(batch, sampled)
+    assert mask.shape == batch.mask.shape
+    assert mask.any(1).nonzero().flatten().tolist() == [2], "only the mixed group's best valid sample"
+    assert torch.equal(mask[2], batch.mask[2]) and batch.completion_ids[2, int(batch.lengths[2]) - 1] == tok.eos_token_id
+    assert best_sample_imitation(_batch(tok, groups[1:], INTENTS[:1] * 2),
+                                 _scores(_batch(tok, groups[1:], INTENTS[:1] * 2), counter, [ref] * 2)) is None
+
+
+def test_imitate_best_needs_an_imitation_weight():
+    from learner.config import RunConfig
+
+    with pytest.raises(ValueError, match="imitate_best needs grpo.rewrite_nll > 0"):
+        RunConfig.from_dict({"train": {"imitate_best": True}})
+    assert RunConfig.from_dict({"train": {"imitate_best": True}, "grpo": {"rewrite_nll": 0.5}}).train.imitate_best
