@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--frontier", help="also write the val pass rate vs IR tokens scatter here")
+    p.add_argument("--from-step", type=int, default=0,
+                   help="plot the curves from this step on (runs resumed from one checkpoint share what came before)")
     p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl; the last = splits)")
     a = p.parse_args()
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
@@ -52,15 +54,21 @@ def main() -> None:
             for label, folder in (run.rsplit("=", 1) for run in a.runs)]
     for i, (label, rows, folder) in enumerate(runs):
         color, marker = style(i)
+        rows = [r for r in rows if r["step"] >= a.from_step]
         steps = [r["step"] for r in rows]
         for ax, (key, name) in zip(axes[0], panels):
             ax.plot(steps, rolling([r[key] for r in rows], a.window), color=color,
                     label=f"{label} (mean of {a.window})")
             ax.set(xlabel="step", ylabel=name)
         evals = val_evals(rows, folder)
+        warm = next((e for e in evals if e["step"] == 0), None)
+        if a.from_step > 0:  # the warm start as a line, not a point far to the left
+            evals = [e for e in evals if e["step"] >= a.from_step]
         for ax, (key, name) in zip(axes[1], val):
             ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker=marker, color=color, label=label)
             ax.set(xlabel="step (0 = warm start)", ylabel=name)
+            if a.from_step > 0 and warm and i == 0:
+                ax.axhline(warm[key], color="k", linestyle="--", alpha=0.5, label="warm start")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
