@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The issue-4 headline run (attempt 32 in docs/BENCHMARKS.md): GRPO from the shipped 10m warm start,
+# one recipe (tune_configs/10m_full_sets.yaml's, self-imitation switched on at step 250), phases
+# that differ only in the prompt file, each resumed from the last one's checkpoint. About 90 min of
+# step time on a 2-core CPU machine; then the chosen checkpoint on val and test.
+#
+#   bash benchmarks/grpo_10m_headline.sh            # DATA=data/default RUN=runs/grpo_10m_headline
+#   DRY=1 bash benchmarks/grpo_10m_headline.sh      # print the commands only
+#   PROMPTS_ONLY=1 bash benchmarks/grpo_10m_headline.sh   # build the four prompt folders (seconds)
+#
+# DATA must be a `tinycompress data --out DIR --n 10000 --seed 0` folder (the warm start's data).
+# The phases reproduce what was run in sessions 5 and 6, where runs were stopped and resumed at
+# these checkpoints; the samplers' RNG states are restored on each resume, but Ray scheduling is
+# not deterministic, so expect the same picture, not the same bytes.
+set -euo pipefail
+
+DATA=${DATA:-data/default}
+RUN=${RUN:-runs/grpo_10m_headline}
+INIT=${INIT:-serve/assets/compressor_10m}
+A=docs/bench/grpo_attempts
+PROMPTS=$RUN/prompts
+TC=${TC:-tinycompress}
+
+run() { echo "+ $*" >&2; [[ -n "${DRY:-}" ]] || "$@"; }
+
+prompts() {  # NAME [data flags]: DATA's files linked, with its own rl.parquet (4,000 intents, seed 0)
+    local dir=$PROMPTS/$1; shift
+    run mkdir -p "$dir"
+    for f in "$DATA"/*; do
+        [[ $(basename "$f") == rl.parquet ]] || run ln -sfn "$(realpath "$f")" "$dir/$(basename "$f")"
+    done
+    run "$TC" data --out "$dir" --rl 4000 --rl-only --seed 0 "$@"
+}
+
+phase() {  # CONFIG PROMPTS UNTIL_STEP [--resume]
+    run mkdir -p "$PROMPTS"
+    [[ -n "${DRY:-}" ]] || sed "s/^  steps: .*/  steps: $3/" "$1" > "$PROMPTS/phase.yaml"
+    run "$TC" train --config "$PROMPTS/phase.yaml" --data "$PROMPTS/$2" --init "$INIT" --out "$RUN" ${4:-}
+}
+
+prompts rl                                                  # train programs may recur in new words
+prompts rl_new --rl-new-programs                            # every intent a new combination
+prompts sets50 --rl-new-programs --rl-set-share 0.5         # half of them write a complete set
+prompts sets25 --rl-new-programs --rl-set-share 0.25
+[[ -z "${PROMPTS_ONLY:-}" ]] || exit 0                      # PROMPTS_ONLY=1: the four prompt folders only
+
+phase $A/try27/config.yaml rl 70                            # set tokens initialised, rewrites imitated
+phase $A/try27/config_resumed_steps70-250.yaml rl 170 --resume
+phase $A/try27/config_resumed_steps70-250.yaml rl_new 250 --resume
+phase $A/try30/config_resumed_from_try27_step250.yaml sets50 280 --resume    # + train.imitate_best
+phase $A/try32/config_resumed_from_try30_step280.yaml rl_new 510 --resume
+phase $A/try32/config_resumed_steps510-590_setshare25.yaml sets25 590 --resume
+
+# choose by the whole val split, then test once
+for step in 570 580 590; do
+    run "$TC" eval --checkpoint "$RUN/checkpoints/step_000$step" --data "$DATA" --split val --threads 1
+done
+echo "then: $TC eval --checkpoint $RUN/checkpoints/step_000N --data $DATA --split test --threads 1" >&2
