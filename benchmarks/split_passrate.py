@@ -19,7 +19,7 @@ from learner.policy import load_policy
 from rollout.dataset import read_split
 from rollout.sampler import Sampler
 from rollout.tokenizer import count_tokens, load_bpe
-from validator_actors.validator import Validator
+from validator_actors.validator import Validator, score
 
 
 def main() -> None:
@@ -39,15 +39,16 @@ def main() -> None:
         texts = []
         for i in range(0, len(rows), 50):
             texts += sampler.sample([r["intent"] for r in rows[i : i + 50]], 1, greedy=True).texts
-        ok = [validator.validate(t, r["reference_hash"]).valid for t, r in zip(texts, rows)]
-        tokens = count_tokens(bpe, texts)
+        scores = score([r["intent"] for r in rows], texts, [r["reference_hash"] for r in rows],
+                       validator=validator, token_counter=lambda t: count_tokens(bpe, t))
+        ok = [s.valid for s in scores]
         n_set = sum(is_set)
         print(json.dumps({
             "checkpoint": ckpt, "split": a.split, "n": len(rows),
-            "pass": sum(ok) / len(rows), "tokens": round(sum(tokens) / len(rows), 3),
-            "reward": round(sum((1 if o else -1) - 0.01 * n for o, n in zip(ok, tokens)) / len(rows), 4),
-            "set_pass": sum(o for o, s in zip(ok, is_set) if s) / max(1, n_set), "n_set": n_set,
-            "other_pass": sum(o for o, s in zip(ok, is_set) if not s) / max(1, len(rows) - n_set),
+            "pass": sum(ok) / len(rows), "tokens": round(sum(s.tokens for s in scores) / len(rows), 3),
+            "reward": round(sum(s.reward for s in scores) / len(rows), 4),
+            "set_pass": sum(o for o, in_set in zip(ok, is_set) if in_set) / max(1, n_set), "n_set": n_set,
+            "other_pass": sum(o for o, in_set in zip(ok, is_set) if not in_set) / max(1, len(rows) - n_set),
         }), flush=True)
 
 
