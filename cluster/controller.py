@@ -77,8 +77,8 @@ class GRPOController:
         fresh_init = self.t.set_token_init if saved is None else 0.0  # a checkpoint has them already
         # a resumed run keeps the KL term's reference: the policy it started from, not the checkpoint
         reference = {"reference": str(init), "reference_set_token_init": self.t.set_token_init} if saved else {}
-        self.learner = LearnerActor.options(**self.learner_opts).remote(self.init, cfg.grpo,
-                                                                        set_token_init=fresh_init, **reference)
+        self.learner = LearnerActor.options(**self.learner_opts).remote(
+            self.init, cfg.grpo, threads=self.t.learner_torch_threads, set_token_init=fresh_init, **reference)
         self.workers = [self._new_worker(i) for i in range(self.t.rollout_workers)]
         if fresh_init:
             self.sync()  # the workers loaded the checkpoint as saved: give them the learner's rows

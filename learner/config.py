@@ -7,6 +7,7 @@ An unknown key, a wrong type or an impossible value is an error at start that na
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -160,12 +161,22 @@ class TrainConfig:
     nodes started with it, e.g. ``ray start --resources='{"rollout": 100}'`` (None = anywhere)."""
     learner_cpus: float = 0.5
     """Logical CPUs the learner actor reserves on a CPU-only cluster (a GPU learner takes 0.01)."""
+    learner_threads: int = 0
+    """Torch threads of a CPU learner (0 = its CPU share ``learner_cpus`` rounded up, at least
+    one). In sync mode the rollout workers sit idle while the learner updates, so on a machine
+    of its own a learner may use more threads than its share (docs/BENCHMARKS.md measures 1
+    and 2)."""
     worker_cpus: float = 0.5
     """Logical CPUs each rollout worker actor reserves."""
     validator_cpus: float = 0.25
     """Logical CPUs each validator actor reserves. The defaults fit a run with 2 workers and 1
     validator in 2 CPUs; smaller values pack more onto a node (a Tune trial into 1 CPU), at
     the price of the actors sharing cores."""
+
+    @property
+    def learner_torch_threads(self) -> int:
+        """Torch threads the CPU learner runs: ``learner_threads``, or its CPU share rounded up."""
+        return self.learner_threads or max(1, math.ceil(self.learner_cpus))
 
     def actor_cpus(self, learner_cpus: float | None = None) -> float:
         """Logical CPUs the run's actors reserve together (``learner_cpus`` overrides the
@@ -199,6 +210,8 @@ class TrainConfig:
         if self.prompts_per_step % self.rollout_workers:
             raise ValueError(f"train.prompts_per_step ({self.prompts_per_step}) must be divisible by "
                              f"train.rollout_workers ({self.rollout_workers})")
+        if self.learner_threads < 0:
+            raise ValueError(f"train.learner_threads must be >= 0 (0 = follow learner_cpus), got {self.learner_threads}")
         if min(self.learner_cpus, self.worker_cpus, self.validator_cpus) <= 0:
             raise ValueError("train.learner_cpus, worker_cpus and validator_cpus must be > 0 (logical CPUs; "
                              f"got {self.learner_cpus}, {self.worker_cpus}, {self.validator_cpus})")

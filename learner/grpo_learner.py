@@ -1,7 +1,8 @@
 """The GRPO learner as a plain class: scored rollouts in, one policy update out.
 
-The Ray learner actor (issue 4) is a thin shell over :class:`GRPOLearner`. It re-scores the
-sampled completions under the current weights (same temperature as the sampler), takes the
+The Ray learner actor is a thin shell over :class:`GRPOLearner`. It re-scores the sampled
+completions under the current weights (same temperature as the sampler; each group's prompt
+computed once, ``learner.scoring.shared_prefix_logprobs``), takes the
 sampler's log-probs as the old policy, computes group advantages from the rewards, and
 applies :func:`learner.grpo.grpo_loss`. Weights leave as one versioned flat buffer of numpy
 arrays (zero-copy through Ray's object store), never one message per parameter.
@@ -17,8 +18,12 @@ import torch
 
 from learner.grpo import CREDITS, LOSS_TYPES, SCALES, group_advantages, grpo_loss, prefix_advantages
 from learner.policy import FactorizedEmbedding
+from learner.scoring import full_sequence_logprobs, pack_groups, shared_prefix_logprobs
 from rollout.rewrite import IMITATION_SPANS
 from rollout.sampler import RolloutBatch
+
+SCORINGS = ("shared_prefix", "full_sequence")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,14 @@ class GRPOConfig:
     """What ``rewrite_nll`` imitates: ``all`` (every rewrite token, plus the written-out sample's
     tokens after the point where the rewrite parts from it) or ``to_part`` (the rewrite's tokens
     up to and including that point: the shorter choice only, what follows left to the policy)."""
+    scoring: str = "shared_prefix"
+    """How the learner scores completions (``learner.scoring``): ``shared_prefix`` computes each
+    group's prompt once and packs completions at their own lengths; ``full_sequence`` is the
+    plain padded prompt + completion per row, the reference kept for debugging (same figures,
+    slower)."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (autocast of the forward and backward; fp32 master weights, optimizer
+    and log-prob/loss math)."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -74,6 +87,10 @@ class GRPOConfig:
             raise ValueError(f"grpo.rewrite_span must be all or to_part, got {self.rewrite_span!r}")
         if self.credit not in CREDITS:
             raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"grpo.scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"grpo.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.scale not in SCALES:
             raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
         if self.lr <= 0 or self.temperature <= 0 or min(self.beta, self.unlikelihood, self.rewrite_nll) < 0:
@@ -100,22 +117,6 @@ class WeightsRef:
     arrays: dict[str, np.ndarray]
 
 
-def sequence_batch(rollout: RolloutBatch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(input_ids, attention_mask, prompt_width): left-padded prompts + completions, (N, P+T)."""
-    g = rollout.group_size
-    width = max(len(p) for p in rollout.prompt_ids)
-    n, t = rollout.completion_ids.shape
-    ids = torch.full((n, width + t), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width + t), dtype=torch.long)
-    for row in range(n):
-        prompt = rollout.prompt_ids[row // g]
-        ids[row, width - len(prompt) : width] = torch.tensor(prompt)
-        attn[row, width - len(prompt) : width] = 1
-    ids[:, width:] = rollout.completion_ids
-    attn[:, width:] = rollout.mask.long()
-    return ids, attn, width
-
-
 class GRPOLearner:
     """Holds the policy, its optimizer, and optionally a frozen reference copy."""
 
@@ -132,17 +133,14 @@ class GRPOLearner:
         self.version = 0
 
     def completion_logprobs(self, model, rollout: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs, entropy), both (N, T), of the sampled completions under ``model``."""
-        ids, attn, width = sequence_batch(rollout, self.tok.pad_token_id)
-        ids, attn = ids.to(self.device), attn.to(self.device)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
-        logits = logits[:, width - 1 : -1].float() / self.cfg.temperature  # (N, T, V)
-        logp_all = logits.log_softmax(-1)
-        target = rollout.completion_ids.to(self.device)
-        logp = logp_all.gather(-1, target[..., None]).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return logp, entropy.detach()
+        """(log-probs, entropy), both (N, T), of the sampled completions under ``model``, by
+        ``cfg.scoring`` (``learner.scoring``); zero on padding."""
+        cfg, pad = self.cfg, self.tok.pad_token_id
+        if cfg.scoring == "full_sequence":
+            return full_sequence_logprobs(model, rollout.prompt_ids, rollout.completion_ids, rollout.mask,
+                                          rollout.group_size, pad, cfg.temperature, cfg.precision)
+        packed = pack_groups(rollout.prompt_ids, rollout.completion_ids, rollout.mask, rollout.group_size, pad)
+        return shared_prefix_logprobs(model, packed, cfg.temperature, cfg.precision)
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
         """Group advantages of ``batch``: (N,), or (N, T) with ``credit: prefix``; valid rows
@@ -165,10 +163,10 @@ class GRPOLearner:
         p_end = logp.gather(1, last).squeeze(1).exp()
         return -torch.log1p(-p_end.clamp(max=1 - 1e-6)).mean(), float(p_end.detach().mean())
 
-    def update(self, batch: ScoredBatch) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns the loss and its metrics."""
+    def loss(self, batch: ScoredBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss with its graph, metrics) of ``batch`` under the current weights: the policy
+        scored with grad, the reference (beta > 0) without."""
         ro, cfg = batch.rollout, self.cfg
-        self.model.train()
         logp, entropy = self.completion_logprobs(self.model, ro)
         ref_logp = None
         if self.ref is not None:
@@ -195,9 +193,15 @@ class GRPOLearner:
             nll = -(logp * imitate).sum() / imitate.sum()
             loss = loss + cfg.rewrite_nll * nll
             metrics["rewrite_nll"] = float(nll.detach())
+        return loss, metrics
+
+    def update(self, batch: ScoredBatch) -> dict[str, float]:
+        """One optimizer step on ``batch``; returns the loss and its metrics."""
+        self.model.train()
+        loss, metrics = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.version += 1
         return {"loss": float(loss.detach()), "grad_norm": float(grad_norm),
