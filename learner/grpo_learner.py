@@ -18,12 +18,12 @@ import torch
 
 from learner.grpo import CREDITS, LOSS_TYPES, SCALES, group_advantages, grpo_loss, prefix_advantages
 from learner.policy import FactorizedEmbedding
-from learner.scoring import full_sequence_logprobs, pack_groups, shared_prefix_logprobs
+from learner.scoring import full_sequence_logprobs, pack_groups, resolve_precision, shared_prefix_logprobs
 from rollout.rewrite import IMITATION_SPANS
 from rollout.sampler import RolloutBatch
 
 SCORINGS = ("shared_prefix", "full_sequence")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,10 @@ class GRPOConfig:
     group's prompt once and packs completions at their own lengths; ``full_sequence`` is the
     plain padded prompt + completion per row, the reference kept for debugging (same figures,
     slower)."""
-    precision: str = "fp32"
-    """``fp32`` or ``bf16`` (autocast of the forward and backward; fp32 master weights, optimizer
-    and log-prob/loss math)."""
+    precision: str = "auto"
+    """``bf16``: autocast the forward and backward (fp32 master weights, optimizer and
+    log-prob/loss math); ``fp32``; ``auto``: bf16 where the device computes it natively (a GPU
+    with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere (``learner.scoring.native_bf16``)."""
     valid_floor: float | None = None
     """Raise a valid program's advantage to at least this (0: only failures are ever pushed down;
     None: off, plain group advantages). Pushing a valid sample's token down hands its
@@ -130,6 +131,7 @@ class GRPOLearner:
             self.ref = (reference.to(self.device) if reference is not None else copy.deepcopy(model))
             self.ref.eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.version = 0
 
     def completion_logprobs(self, model, rollout: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +140,9 @@ class GRPOLearner:
         cfg, pad = self.cfg, self.tok.pad_token_id
         if cfg.scoring == "full_sequence":
             return full_sequence_logprobs(model, rollout.prompt_ids, rollout.completion_ids, rollout.mask,
-                                          rollout.group_size, pad, cfg.temperature, cfg.precision)
+                                          rollout.group_size, pad, cfg.temperature, self.precision)
         packed = pack_groups(rollout.prompt_ids, rollout.completion_ids, rollout.mask, rollout.group_size, pad)
-        return shared_prefix_logprobs(model, packed, cfg.temperature, cfg.precision)
+        return shared_prefix_logprobs(model, packed, cfg.temperature, self.precision)
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
         """Group advantages of ``batch``: (N,), or (N, T) with ``credit: prefix``; valid rows

@@ -138,6 +138,21 @@ def pack_groups(prompt_ids: list[list[int]], completion_ids: torch.Tensor, mask:
                         as_long(source), as_long(target), as_long(dest), (n, t))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (CUDA with bf16; a CPU with AVX512-BF16
+    or AMX, as oneDNN reports it). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; others unchanged."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on ``device`` for ``precision == "bf16"``; weights stay fp32."""
     if precision == "bf16":

@@ -34,7 +34,7 @@ def _scored(model, tok, temperature=1.0):
 def test_learner_recomputes_the_samplers_logprobs(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=0).eval()
     batch = _scored(model, tok, temperature=0.7)
-    learner = GRPOLearner(model, tok, GRPOConfig(temperature=0.7))
+    learner = GRPOLearner(model, tok, GRPOConfig(temperature=0.7, precision="fp32"))
     with torch.no_grad():
         logp, _ = learner.completion_logprobs(model.eval(), batch.rollout)
     mask = batch.rollout.mask

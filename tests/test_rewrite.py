@@ -201,12 +201,12 @@ def test_unlikelihood_pushes_the_wrong_ending_down(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=0)
     rewards = torch.tensor([s.reward for s in scores])
     scored = ScoredBatch(batch, rewards, rewards > 0, neg)  # equal rewards: zero advantages
-    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-2, unlikelihood=1.0))
+    learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-2, unlikelihood=1.0, precision="fp32"))
     _, before = learner.unlikelihood(neg)
     metrics = learner.update(scored)
     _, after = learner.unlikelihood(neg)
     assert metrics["early_end_p"] == pytest.approx(before, rel=1e-4) and after < before
-    plain = GRPOLearner(build_policy(PRESETS["tiny"], tok, seed=0), tok, GRPOConfig(lr=1e-2))
+    plain = GRPOLearner(build_policy(PRESETS["tiny"], tok, seed=0), tok, GRPOConfig(lr=1e-2, precision="fp32"))
     assert "unlikelihood" not in plain.update(scored), "unlikelihood 0 is off"
     _, drift = plain.unlikelihood(neg)  # the same step without the term: weight decay only
     assert drift == pytest.approx(before, rel=1e-3) and after < 0.75 * drift

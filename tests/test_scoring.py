@@ -101,7 +101,7 @@ def test_a_completion_cannot_see_its_siblings():
 
 
 def _learner(model, **cfg):
-    return GRPOLearner(model, Tok(), GRPOConfig(**cfg))
+    return GRPOLearner(model, Tok(), GRPOConfig(**{"precision": "fp32", **cfg}))
 
 
 def _scored(ro: RolloutBatch, seed: int) -> ScoredBatch:
