@@ -72,6 +72,10 @@ class GRPOConfig:
     group's prompt once and packs completions at their own lengths; ``full_sequence`` is the
     plain padded prompt + completion per row, the reference kept for debugging (same figures,
     slower)."""
+    max_row_tokens: int = 256
+    """``shared_prefix`` only: a group longer than this many tokens is split into runs of
+    completions, each after its own copy of the prompt (same result; attention is dense within
+    a row, so rows of long completions cost less split). 0 = every group whole in one row."""
     precision: str = "auto"
     """``bf16``: autocast the forward and backward (fp32 master weights, optimizer and
     log-prob/loss math); ``fp32``; ``auto``: bf16 where the device computes it natively (a GPU
@@ -90,6 +94,8 @@ class GRPOConfig:
             raise ValueError(f"grpo.credit must be one of {CREDITS}, got {self.credit!r}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"grpo.scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.max_row_tokens < 0:
+            raise ValueError(f"grpo.max_row_tokens must be >= 0 (0 = whole groups), got {self.max_row_tokens}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"grpo.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.scale not in SCALES:
@@ -141,7 +147,8 @@ class GRPOLearner:
         if cfg.scoring == "full_sequence":
             return full_sequence_logprobs(model, rollout.prompt_ids, rollout.completion_ids, rollout.mask,
                                           rollout.group_size, pad, cfg.temperature, self.precision)
-        packed = pack_groups(rollout.prompt_ids, rollout.completion_ids, rollout.mask, rollout.group_size, pad)
+        packed = pack_groups(rollout.prompt_ids, rollout.completion_ids, rollout.mask, rollout.group_size, pad,
+                             max_row=cfg.max_row_tokens or None)
         return shared_prefix_logprobs(model, packed, cfg.temperature, self.precision)
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:

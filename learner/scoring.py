@@ -39,7 +39,7 @@ class PackedGroups:
 
     input_ids: torch.Tensor  # (R, L) int64
     position_ids: torch.Tensor  # (R, L) int64: 0..p-1 on a prompt, p..p+len-1 on each completion
-    segment: torch.Tensor  # (R, L) int64: the group a position belongs to, PAD_SEGMENT on padding
+    segment: torch.Tensor  # (R, L) int64: the prompt copy a position belongs to, PAD_SEGMENT on padding
     member: torch.Tensor  # (R, L) int64: PROMPT, or the completion's row in the batch (N)
     source: torch.Tensor  # (K,) int64: flat index into (R*L) of the position predicting each token
     target: torch.Tensor  # (K,) int64: the completion token predicted there
@@ -103,32 +103,56 @@ def completion_lengths(mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+def split_group(prompt_len: int, rows: list[int], lengths: list[int], max_row: int | None) -> list[list[int]]:
+    """The group's completion rows in runs that each fit ``max_row`` with a copy of the prompt
+    (a completion longer than that gets a run of its own); one run when ``max_row`` is None."""
+    if max_row is None:
+        return [rows]
+    runs, size = [[]], prompt_len
+    for i in rows:
+        if runs[-1] and size + lengths[i] > max_row:
+            runs.append([])
+            size = prompt_len
+        runs[-1].append(i)
+        size += lengths[i]
+    return runs
+
+
 def pack_groups(prompt_ids: list[list[int]], completion_ids: torch.Tensor, mask: torch.Tensor,
-                group_size: int, pad_id: int) -> PackedGroups:
+                group_size: int, pad_id: int, max_row: int | None = None) -> PackedGroups:
     """Lay B groups (prompt ``prompt_ids[b]``, completions rows ``b*G .. b*G+G-1`` of
-    ``completion_ids`` (N, T) with ``mask`` (N, T)) out as :class:`PackedGroups`."""
+    ``completion_ids`` (N, T) with ``mask`` (N, T)) out as :class:`PackedGroups`.
+
+    ``max_row``: a group longer than this is split into runs of completions, each after its
+    own copy of the prompt (the gradients of the copies add up, so the result is the same).
+    Attention is computed densely over a row, so a row of long completions pays for key
+    positions its tokens may not see; shorter runs trade that for some prompt recomputation.
+    """
     n, t = completion_ids.shape
     if n != len(prompt_ids) * group_size or min(map(len, prompt_ids), default=1) < 1:
         raise ValueError(f"{n} completions do not make {len(prompt_ids)} non-empty prompts x G={group_size}")
     lengths = completion_lengths(mask).tolist()
-    sizes = [len(p) + sum(lengths[b * group_size:(b + 1) * group_size]) for b, p in enumerate(prompt_ids)]
+    items = [(b, run) for b, p in enumerate(prompt_ids)
+             for run in split_group(len(p), list(range(b * group_size, (b + 1) * group_size)), lengths, max_row)]
+    sizes = [len(prompt_ids[b]) + sum(lengths[i] for i in run) for b, run in items]
     rows = first_fit_decreasing(sizes, max(sizes))
-    width = max(sum(sizes[b] for b in row) for row in rows)
+    width = max(sum(sizes[k] for k in row) for row in rows)
     ids, pos, seg, mem = ([[fill] * width for _ in rows] for fill in (pad_id, 0, PAD_SEGMENT, PROMPT))
     source, target, dest = [], [], []
     comp = completion_ids.tolist()
     for r, row in enumerate(rows):
         at = 0
-        for b in row:
+        for item in row:
+            b, run = items[item]
             prompt = prompt_ids[b]
             p = len(prompt)
-            ids[r][at:at + p], pos[r][at:at + p], seg[r][at:at + p] = prompt, range(p), [b] * p
+            ids[r][at:at + p], pos[r][at:at + p], seg[r][at:at + p] = prompt, range(p), [item] * p
             last = r * width + at + p - 1  # the prompt's last position predicts each first token
             at += p
-            for i in range(b * group_size, (b + 1) * group_size):
+            for i in run:
                 k = lengths[i]
                 ids[r][at:at + k], pos[r][at:at + k] = comp[i][:k], range(p, p + k)
-                seg[r][at:at + k], mem[r][at:at + k] = [b] * k, [i] * k
+                seg[r][at:at + k], mem[r][at:at + k] = [item] * k, [i] * k
                 source += [last] + [r * width + at + j for j in range(k - 1)] if k else []
                 target += comp[i][:k]
                 dest += range(i * t, i * t + k)

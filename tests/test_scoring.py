@@ -64,19 +64,20 @@ def random_rollout(b: int, g: int, seed: int, t: int = 12) -> RolloutBatch:
                         ["p"] * (b * g), g, 0)
 
 
-def _both(model, ro: RolloutBatch, temperature: float = 1.0):
+def _both(model, ro: RolloutBatch, temperature: float = 1.0, max_row: int | None = None):
     full = full_sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, ro.mask, ro.group_size, 0, temperature)
-    packed = pack_groups(ro.prompt_ids, ro.completion_ids, ro.mask, ro.group_size, 0)
+    packed = pack_groups(ro.prompt_ids, ro.completion_ids, ro.mask, ro.group_size, 0, max_row=max_row)
     return full, shared_prefix_logprobs(model, packed, temperature)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("b,g", [(5, 1), (3, 2), (4, 8)])
-def test_shared_prefix_logprobs_equal_the_full_sequence_forward(shape, b, g):
+@pytest.mark.parametrize("b,g,max_row", [(5, 1, None), (3, 2, None), (4, 8, None), (4, 8, 40)])
+def test_shared_prefix_logprobs_equal_the_full_sequence_forward(shape, b, g, max_row):
+    """Whole groups per row, and groups split into runs with a prompt copy each (max_row)."""
     model = _model(shape).eval()
     ro = random_rollout(b, g, seed=b * 10 + g)
     with torch.no_grad():
-        (logp_full, ent_full), (logp, ent) = _both(model, ro, temperature=0.7)
+        (logp_full, ent_full), (logp, ent) = _both(model, ro, temperature=0.7, max_row=max_row)
     assert logp.shape == ro.completion_ids.shape
     assert torch.allclose(logp, logp_full, atol=TOL, rtol=0), (logp - logp_full).abs().max()
     assert torch.allclose(ent, ent_full, atol=TOL, rtol=0)
@@ -130,6 +131,7 @@ def _old_near_current(model, ro: RolloutBatch, seed: int) -> RolloutBatch:
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_loss_and_every_gradient_equal_the_full_sequence_path(loss_type, beta):
+    """The split rows (max_row_tokens 30: every group in several runs) included."""
     shape = "10m_d_enc" if loss_type == "dapo" else "10m"
     model = _model(shape, seed=2)
     ro = _old_near_current(model, random_rollout(3, 4, seed=7), seed=1)
@@ -140,7 +142,7 @@ def test_loss_and_every_gradient_equal_the_full_sequence_path(loss_type, beta):
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     plain = _learner(copy.deepcopy(model), scoring="full_sequence", **cfg)
-    fast = _learner(copy.deepcopy(model), scoring="shared_prefix", **cfg)
+    fast = _learner(copy.deepcopy(model), scoring="shared_prefix", max_row_tokens=30 if beta else 0, **cfg)
     if beta:
         plain.ref, fast.ref = copy.deepcopy(ref), copy.deepcopy(ref)
     loss_a, metrics_a, grads_a = _loss_and_grads(plain, batch)
@@ -183,6 +185,9 @@ def test_packing_fills_rows_without_overflow_and_pads_less_than_the_full_layout(
     assert packed.source.numel() == int(ro.mask.sum()) == packed.dest.unique().numel()
     full = full_sequence_padded_share(ro.prompt_ids, ro.mask, 8)
     assert packed.padded_share < full
+    split = pack_groups(ro.prompt_ids, ro.completion_ids, ro.mask, 8, 0, max_row=128)
+    assert split.input_ids.shape[1] <= max(128, max(len(p) for p in ro.prompt_ids) + int(ro.lengths.max()))
+    assert int((split.member == -1).sum()) > sum(map(len, ro.prompt_ids))  # prompts copied per run
     for bins in (first_fit_decreasing([5, 9, 3, 7, 1, 4], 9), first_fit_decreasing([2] * 10, 5)):
         flat = sorted(i for row in bins for i in row)
         assert flat == list(range(len(flat)))
