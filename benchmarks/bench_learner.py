@@ -75,10 +75,12 @@ def policy_for(preset: str):
 
 
 def layout_stats(batch) -> dict:
+    from learner.grpo_learner import GRPOConfig
     from learner.scoring import full_sequence_padded_share, pack_groups
 
     ro = batch.rollout
-    packed = pack_groups(ro.prompt_ids, ro.completion_ids, ro.mask, ro.group_size, 0)
+    packed = pack_groups(ro.prompt_ids, ro.completion_ids, ro.mask, ro.group_size, 0,
+                         max_row=GRPOConfig().max_row_tokens or None)
     prompt = sum(map(len, ro.prompt_ids))
     useful = prompt + int(ro.mask.sum())
     n, t = ro.completion_ids.shape
@@ -153,7 +155,8 @@ def run_case(name: str, args) -> dict:
                      "share_of_peak": round(gflops / peaks[(threads, precision)], 3)})
     torch.set_num_threads(max(args.threads))
     agreement = precision_agreement(model, tok, batch, args.beta)
-    return {"case": name, "preset": preset, "params": params, "beta": args.beta, "layout": stats,
+    return {"case": name, "preset": preset, "params": params, "beta": args.beta,
+            "max_row_tokens": learners[("shared_prefix", "fp32")].cfg.max_row_tokens, "layout": stats,
             "variants": rows, "speedups": speedups(rows), "bf16_vs_fp32": agreement}
 
 
