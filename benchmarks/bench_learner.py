@@ -194,6 +194,15 @@ def precision_agreement(model, tok, batch, beta: float) -> dict:
             "logp_abs_diff_mean_max": [round(float(dlogp.mean()), 5), round(float(dlogp.max()), 4)]}
 
 
+def high_water_mib() -> float:
+    """This process's peak resident set (VmHWM, MiB). Unlike ``ru_maxrss``, which Linux keeps
+    across ``execve`` (a child would report its parent's peak), VmHWM starts anew at exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(case: str, scoring: str, data: str, steps: int) -> None:
     """Run ``steps`` updates of one path in this process and print its peak RSS (MiB)."""
     from learner.grpo_learner import GRPOConfig, GRPOLearner
@@ -203,10 +212,10 @@ def rss_child(case: str, scoring: str, data: str, steps: int) -> None:
     model, tok = policy_for(preset)
     torch.set_num_threads(1)
     learner = GRPOLearner(model, tok, GRPOConfig(lr=1e-6, beta=0.04, scoring=scoring))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = high_water_mib()
     for _ in range(steps):
         learner.update(batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = high_water_mib()
     print(json.dumps({"peak_rss_mib": round(peak, 1), "before_updates_mib": round(base, 1)}))
 
 
