@@ -41,6 +41,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--frontier", help="also write the val pass rate vs IR tokens scatter here")
+    p.add_argument("--time", help="also write greedy val pass rate and IR tokens against training hours here")
+    p.add_argument("--cores", type=float, default=2,
+                   help="cores the runs held, to turn wall hours into CPU hours on --time's axis")
     p.add_argument("--from-step", type=int, default=0,
                    help="plot the curves from this step on (runs resumed from one checkpoint share what came before)")
     p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (holding metrics.jsonl; the last = splits)")
@@ -77,12 +80,37 @@ def main() -> None:
     fig.savefig(a.out, dpi=110)
     if a.frontier:
         frontier(runs, a.frontier)
+    if a.time:
+        against_time(runs, a.time, a.cores)
 
 
 def val_evals(rows: list[dict], folder: Path) -> list[dict]:
     """The run's greedy val evaluations, the warm start (step 0) first when it was saved."""
     start = folder / "warm_start_eval.json"
     return ([json.loads(start.read_text())] if start.exists() else []) + [r for r in rows if "val_pass_rate" in r]
+
+
+def against_time(runs: list[tuple[str, list[dict], Path]], out: str, cores: float) -> None:
+    """Greedy val pass rate and IR tokens against CPU hours: the summed ``step_time`` of the
+    steps before each evaluation (evaluation itself not counted) times ``cores``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, rows, folder) in enumerate(runs):
+        color, marker = style(i)
+        hours, elapsed = {0: 0.0}, 0.0
+        for r in rows:
+            elapsed += r.get("step_time", 0.0)
+            hours[r["step"]] = elapsed * cores / 3600
+        evals = [e for e in val_evals(rows, folder) if e["step"] in hours]
+        for ax, key, name in zip(axes, ("val_pass_rate", "val_ir_tokens"),
+                                 ("val pass rate (greedy)", "val IR tokens (greedy)")):
+            ax.plot([hours[e["step"]] for e in evals], [e[key] for e in evals], marker=marker,
+                    color=color, label=label)
+            ax.set(xlabel=f"CPU hours ({cores:g} cores x wall hours of training steps)", ylabel=name)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def frontier(runs: list[tuple[str, list[dict], Path]], out: str) -> None:

@@ -15,7 +15,7 @@ def _sft(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_yaml(args.config)
     if args.max_steps is not None:
         cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=args.max_steps))
-    trainer = SFTTrainer(cfg, args.data, args.out, device=args.device,
+    trainer = SFTTrainer(cfg, args.data, args.out, device=args.device, init=args.init,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     result = trainer.fit()
     print(json.dumps({"out": args.out, "best_step": result.best_step,
@@ -33,7 +33,12 @@ def _eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, limit=args.limit,
                                  device=args.device, throughput_batch=args.batch)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text + "\n")
     return 0
 
 
@@ -44,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder (the best one is kept)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--max-steps", type=int, default=None, help="override sft.max_steps")
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint's weights (same preset and tokenizer), e.g. "
+                        "serve/assets/compressor_10m, instead of a fresh initialization")
     p.set_defaults(func=_sft)
     p = sub.add_parser("eval", help="evaluate a checkpoint beside the rule-based baseline")
     p.add_argument("--checkpoint", required=True)
@@ -54,4 +62,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0 = torch's default); 1 measured fastest at batch 1 here")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=_eval)

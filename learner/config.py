@@ -37,6 +37,9 @@ class ModelConfig:
         return PRESETS[self.preset].with_(d_enc=self.d_enc)
 
 
+SFT_TARGETS = ("surface", "canonical", "minimal", "forms")
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     lr: float = 1e-3
@@ -72,7 +75,13 @@ class SFTConfig:
     max_new_tokens: int = 96
     """Longest generated program at evaluation."""
     target: str = "surface"
-    """Program column to learn: surface (intent order), canonical, or minimal. All score alike."""
+    """Program to learn: surface (intent order), canonical, minimal, or forms: for each example
+    and epoch one equivalent form drawn at random (``validator_actors.forms``; every complete set
+    listed or starred, a default context written or not, output paths full or short, a legacy
+    alias or its macro, each by a fair coin). All score alike."""
+    forms_shuffle: float = 0.1
+    """With ``target: forms``: the chance that a clause's items (and a program's clauses) are
+    written in a random order rather than the intent's."""
     paraphrases: bool = True
     """Also train on train_paraphrases.parquet (new wordings of the train requests)."""
 
@@ -86,8 +95,8 @@ class SFTConfig:
             (self.eval_samples >= 1, "sft.eval_samples must be >= 1"),
             (self.precision in ("auto", "bf16", "fp32"), "sft.precision must be auto, bf16 or fp32"),
             (self.max_prompt_len >= 8, "sft.max_prompt_len must be >= 8"),
-            (self.target in ("surface", "canonical", "minimal"),
-             "sft.target must be surface, canonical or minimal"),
+            (self.target in SFT_TARGETS, f"sft.target must be one of {', '.join(SFT_TARGETS)}"),
+            (0 <= self.forms_shuffle <= 1, "sft.forms_shuffle must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from learner.config import RunConfig
-from learner.policy import build_policy, count_params, save_policy
+from learner.policy import build_policy, count_params, load_policy, save_policy
+from learner.scoring import resolve_precision
 from rollout.dataset import read_split
 from rollout.sampler import Sampler, encode_prompts
+from validator_actors.forms import draw_form
 from validator_actors.validator import Validator
 
 IGNORE = -100
@@ -35,6 +37,15 @@ def build_examples(tokenizer, rows: list[dict], max_prompt_len: int,
     """
     prompts = encode_prompts(tokenizer, [r["intent"] for r in rows], max_prompt_len)
     programs = tokenizer([r[target] for r in rows], add_special_tokens=False)["input_ids"]
+    return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
+
+
+def form_examples(tokenizer, prompts: list[list[int]], rows: list[dict], rng: random.Random,
+                  shuffle: float) -> list[tuple[list[int], int]]:
+    """Like :func:`build_examples` with ``prompts`` already encoded, each program one
+    equivalent form of the row's ``surface`` drawn by ``rng`` (``validator_actors.forms``)."""
+    texts = [draw_form(r["surface"], rng, "legacy" in r["tags"], shuffle) for r in rows]
+    programs = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
 
 
@@ -75,12 +86,10 @@ def pick_device() -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast: measured faster at equal quality on this CPU and on GPUs (docs/BENCHMARKS.md)."""
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return True
+    """bf16 autocast for ``bf16``, and for ``auto`` where the device computes bf16 natively
+    (``learner.scoring.native_bf16``): faster at equal quality there; on a CPU without
+    AVX512-BF16 or AMX a bf16 training step measured 20x slower than fp32."""
+    return resolve_precision(precision, device) == "bf16"
 
 
 @dataclass
@@ -98,24 +107,25 @@ class SFTResult:
 class SFTTrainer:
     """Plain-class trainer; ``fit()`` runs the whole warm start and writes ``out``."""
 
-    def __init__(self, cfg: RunConfig, data_dir: str | Path, out: str | Path, device=None, log=print):
+    def __init__(self, cfg: RunConfig, data_dir: str | Path, out: str | Path, device=None, log=print,
+                 init: str | Path | None = None):
         from transformers import AutoTokenizer
 
         self.cfg, self.s = cfg, cfg.sft
-        self.data_dir, self.out, self.log = Path(data_dir), Path(out), log
+        self.data_dir, self.out, self.log, self.init = Path(data_dir), Path(out), log, init
         self.device = torch.device(device) if device else pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(self.s.num_threads or os.cpu_count() or 1)
         self.tok = AutoTokenizer.from_pretrained(str(self.data_dir / "tokenizer"))
-        self.model = build_policy(cfg.model.policy, self.tok, seed=self.s.seed).to(self.device)
+        self.model = (self._from_checkpoint(init) if init else
+                      build_policy(cfg.model.policy, self.tok, seed=self.s.seed)).to(self.device)
         self.bf16 = use_bf16(self.s.precision, self.device)
         self.train_rows = read_split(self.data_dir, "train").to_pylist()
         if self.s.paraphrases:
             self.train_rows += read_split(self.data_dir, "train_paraphrases").to_pylist()
         self.val_rows = read_split(self.data_dir, "val").to_pylist()
-        column = "program" if self.s.target == "canonical" else self.s.target
-        self.train = build_examples(self.tok, self.train_rows, self.s.max_prompt_len, column)
-        self.val = build_examples(self.tok, self.val_rows[: self.s.eval_samples], self.s.max_prompt_len, column)
+        self.train = self._examples(self.train_rows, random.Random(self.s.seed))
+        self.val = self._examples(self.val_rows[: self.s.eval_samples], random.Random(self.s.seed + 1))
         self.total_steps = math.ceil(self.s.epochs * len(self.train) / self.s.batch_size)
         if self.s.max_steps:
             self.total_steps = min(self.total_steps, self.s.max_steps)
@@ -123,6 +133,27 @@ class SFTTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.validator = Validator()
         self.nonfinite_in_a_row = 0
+
+    def _from_checkpoint(self, init: str | Path):
+        """The policy saved at ``init``, which must be this config's preset and this data's
+        tokenizer (fine-tuning continues a warm start; it cannot change either)."""
+        from dataclasses import asdict
+
+        model, tok, meta = load_policy(init, trainable_encoding=self.cfg.model.d_enc is not None)
+        if meta.get("policy") != asdict(self.cfg.model.policy):
+            raise ValueError(f"--init {init}: its policy {meta.get('policy')} is not the config's "
+                             f"{asdict(self.cfg.model.policy)}")
+        if tok.get_vocab() != self.tok.get_vocab():
+            raise ValueError(f"--init {init}: its tokenizer differs from {self.data_dir / 'tokenizer'}")
+        return model.train()
+
+    def _examples(self, rows: list[dict], rng: random.Random) -> list[tuple[list[int], int]]:
+        """(ids, prompt length) per row for ``sft.target`` (``forms``: one draw by ``rng``)."""
+        if self.s.target != "forms":
+            column = "program" if self.s.target == "canonical" else self.s.target
+            return build_examples(self.tok, rows, self.s.max_prompt_len, column)
+        prompts = encode_prompts(self.tok, [r["intent"] for r in rows], self.s.max_prompt_len)
+        return form_examples(self.tok, prompts, rows, rng, self.s.forms_shuffle)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
@@ -184,13 +215,17 @@ class SFTTrainer:
         from tqdm import tqdm
 
         res, rng, step = SFTResult(), random.Random(self.s.seed), 0
-        bad_evals = 0
+        bad_evals, epoch = 0, 0
         (self.out / "sft_log.jsonl").unlink(missing_ok=True)  # a new run starts a new log
         t0 = self._t0 = time.perf_counter()
         self.log(f"[sft] {self.cfg.model.preset}: {count_params(self.model) / 1e6:.2f}M params, "
                  f"{self.total_steps} steps, device {self.device}, bf16 {self.bf16}")
         bar = tqdm(total=self.total_steps, desc="sft", unit="step", mininterval=5)
         while step < self.total_steps and not res.stopped_early:
+            if self.s.target == "forms" and epoch > 0:  # a new form of every program each epoch
+                self.train = form_examples(self.tok, self._train_prompts(), self.train_rows,
+                                           random.Random(f"{self.s.seed}/{epoch}"), self.s.forms_shuffle)
+            epoch += 1
             for batch in batches(self.train, self.s.batch_size, rng):
                 coll = collate(batch, self.tok.pad_token_id)
                 loss = self.step(coll)
@@ -209,6 +244,10 @@ class SFTTrainer:
         self._write_summary(res)
         return res
 
+    def _train_prompts(self) -> list[list[int]]:
+        """The train rows' prompt ids (``self.train`` starts with them)."""
+        return [ids[:n_prompt] for ids, n_prompt in self.train]
+
     def _checkpoint_if_best(self, step: int, loss: float, res: SFTResult, bad_evals: int) -> int:
         ev = self.evaluate()
         ev.update(step=step, train_loss=loss, seconds=round(time.perf_counter() - self._t0, 1),
@@ -225,7 +264,7 @@ class SFTTrainer:
         res.best_step, res.best_pass_rate, res.best_val_loss = step, ev["val_pass_rate"], ev["val_loss"]
         meta = {"stage": "sft", "step": step, "val_pass_rate": ev["val_pass_rate"],
                 "val_loss": ev["val_loss"], "data": self._data_meta(), "config": self.cfg.to_yaml(),
-                "policy_version": 0}
+                "policy_version": 0, "init": str(self.init) if self.init else None}
         save_policy(self.model, self.tok, self.cfg.model.policy, self.out, meta)
         return 0
 
@@ -243,6 +282,7 @@ class SFTTrainer:
             "model_flops_per_s": round(6 * params * res.tokens / res.seconds, 1),
             "best_step": res.best_step, "best_val_pass_rate": res.best_pass_rate,
             "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+            "target": self.s.target, "init": str(self.init) if self.init else None,
         }
         (self.out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.log(f"[sft] done: {json.dumps(summary)}")

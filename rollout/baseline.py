@@ -118,6 +118,17 @@ class RuleBasedCompressor:
             terms += [f"{r}{'' if n is None else n}{symbol}" for r, n in mention.atoms]
         return terms
 
+    def compress_minimal(self, intent: str) -> str:
+        """:meth:`compress`, printed as ``ir.minimal`` where it parses (same meaning, fewer tokens)."""
+        text = self.compress(intent)
+        try:
+            surface = ir.parse(text, self.cb)
+            if ir.check_symbols(surface, self.cb):
+                return text
+            return ir.minimal(ir.meaning(surface, self.cb), self.cb)
+        except ir.IRSyntaxError:
+            return text
+
     def compress(self, intent: str) -> str:
         parts = [p for p in OR_SPLIT.split(intent) if p.strip()]
         clauses = [c for c in (self.clause(p) for p in parts) if c]

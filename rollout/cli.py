@@ -43,8 +43,11 @@ def _baseline(args: argparse.Namespace) -> int:
     if args.limit:
         rows = rows[: args.limit]
     tok = load_bpe(f"{args.data}/tokenizer")
-    result = evaluate_compressor(RuleBasedCompressor().compress, rows, lambda t: count_tokens(tok, t))
-    print(json.dumps({"compressor": "rule-based", "split": args.split} | result, indent=2))
+    base = RuleBasedCompressor()
+    compress = base.compress_minimal if args.minimal else base.compress
+    result = evaluate_compressor(compress, rows, lambda t: count_tokens(tok, t))
+    name = "rule-based, minimal form" if args.minimal else "rule-based"
+    print(json.dumps({"compressor": name, "split": args.split} | result, indent=2))
     return 0
 
 
@@ -70,4 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "heldout"])
     p.add_argument("--limit", type=int, default=0, help="score only the first N rows (0 = all)")
+    p.add_argument("--minimal", action="store_true",
+                   help="print each program the baseline writes in its minimal form (ir.minimal)")
     p.set_defaults(func=_baseline)

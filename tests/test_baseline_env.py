@@ -102,3 +102,18 @@ def test_cli_reports_missing_data_clearly(tmp_path):
     proc = _cli("baseline", "--data", str(tmp_path / "nope"))
     assert proc.returncode != 0 and "tinycompress data" in proc.stderr
     assert Validator().validate("C3").valid  # the validator needs no data at all
+
+
+def test_baseline_in_minimal_form_passes_alike_in_fewer_tokens(small):
+    tok = load_bpe(small / "tokenizer")
+    b, v = RuleBasedCompressor(), Validator()
+    rows = read_split(small, "test").to_pylist()
+    assert b.compress_minimal("Could you enforce every contract rule and save everything under run nightly-4?") \
+        == "C*>nightly-4"
+    for r in rows:
+        plain, short = b.compress(r["intent"]), b.compress_minimal(r["intent"])
+        assert v.validate(plain, r["reference_hash"]).valid == v.validate(short, r["reference_hash"]).valid
+    full = evaluate_compressor(b.compress, rows, lambda t: count_tokens(tok, t))
+    minimal = evaluate_compressor(b.compress_minimal, rows, lambda t: count_tokens(tok, t))
+    assert minimal["pass_rate"] == full["pass_rate"]
+    assert minimal["program_tokens_mean"] < full["program_tokens_mean"]

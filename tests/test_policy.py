@@ -77,6 +77,50 @@ def test_one_sft_step_changes_every_parameter_and_lowers_the_loss(data, tmp_path
     assert last < first
 
 
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it():
+    from learner.scoring import native_bf16
+    from learner.sft import use_bf16
+
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) == native_bf16(cpu)  # emulated bf16 trained 20x slower
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+
+
+def test_forms_target_redraws_equivalent_programs_each_epoch(data, tmp_path):
+    from validator_actors import ir
+    from validator_actors.codebook import load_codebook
+
+    cfg = RunConfig.from_dict({**TINY, "sft": {**TINY["sft"], "target": "forms"}})
+    trainer = SFTTrainer(cfg, data, tmp_path / "ck", log=lambda m: None)
+    cb = load_codebook()
+    texts = [trainer.tok.decode(ids[n:-1]) for ids, n in trainer.train]
+    assert len(texts) == len(trainer.train_rows)
+    for text, row in zip(texts, trainer.train_rows):  # every target means its row's program
+        assert ir.meaning(ir.parse(text, cb), cb) == ir.meaning(ir.parse(row["program"], cb), cb)
+    assert sum(t != r["surface"] for t, r in zip(texts, trainer.train_rows)) > len(texts) // 4
+    cfg2 = RunConfig.from_dict({**TINY, "sft": {**TINY["sft"], "target": "forms", "epochs": 2.0,
+                                                "max_steps": 0, "batch_size": 512, "eval_every": 1000}})
+    before = list(SFTTrainer(cfg2, data, tmp_path / "ck2", log=lambda m: None).train)
+    trainer2 = SFTTrainer(cfg2, data, tmp_path / "ck2", log=lambda m: None)
+    assert trainer2.train == before  # the first epoch's draw is seeded
+    trainer2.fit()
+    assert trainer2.train != before and [i[:n] for i, n in trainer2.train] == [i[:n] for i, n in before]
+
+
+def test_sft_init_continues_a_checkpoint_and_refuses_another_preset(data, tmp_path):
+    first = SFTTrainer(RunConfig.from_dict(TINY), data, tmp_path / "a", log=lambda m: None)
+    first.fit()
+    second = SFTTrainer(RunConfig.from_dict(TINY), data, tmp_path / "b", init=tmp_path / "a",
+                        log=lambda m: None)
+    saved, _, _ = load_policy(tmp_path / "a")
+    for (name, p), q in zip(second.model.named_parameters(), saved.parameters()):
+        assert torch.equal(p, q), name
+    assert second.model.training
+    with pytest.raises(ValueError, match="policy"):
+        SFTTrainer(RunConfig.from_dict({**TINY, "model": {"preset": "10m"}}), data, tmp_path / "c",
+                   init=tmp_path / "a", log=lambda m: None)
+
+
 def test_sampler_logprobs_match_a_fresh_forward_pass(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=1).eval()
     with torch.no_grad():  # make <eos> likely so rows finish at different steps
@@ -216,7 +260,8 @@ def test_the_shipped_10m_checkpoint_compresses_fresh_intents():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sft_step_and_sampling_on_the_gpu(data, tmp_path):
-    trainer = SFTTrainer(RunConfig.from_dict(TINY), data, tmp_path / "ck", device="cuda", log=lambda m: None)
+    auto = {**TINY, "sft": {**TINY["sft"], "precision": "auto"}}
+    trainer = SFTTrainer(RunConfig.from_dict(auto), data, tmp_path / "ck", device="cuda", log=lambda m: None)
     assert trainer.bf16 == torch.cuda.is_bf16_supported()
     batch = collate(trainer.train[:8], trainer.tok.pad_token_id)
     first = trainer.step(batch)
