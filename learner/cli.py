@@ -1,4 +1,4 @@
-"""``tinycompress sft`` and ``tinycompress eval``."""
+"""``tinycompress sft``, ``tinycompress eval`` and ``tinycompress report``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,38 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this report, rebuilt from the parsed arguments."""
+    import shlex
+
+    words = ["tinycompress", "report", "--data", args.data]
+    for flag, values in (("--arm", args.arm), ("--recorded", args.recorded), ("--run", args.run)):
+        words += [w for v in values for w in (flag, v)]
+    words += ["--out", args.out] + (["--markdown", args.markdown] if args.markdown else [])
+    for flag, value, default in (("--limit", args.limit, 0), ("--batch", args.batch, 32),
+                                 ("--threads", args.threads, 1), ("--target-params", args.target_params, 5e8)):
+        words += [flag, f"{value:g}"] if value != default else []
+    return shlex.join(words)
+
+
+def _report(args: argparse.Namespace) -> int:
+    import torch
+
+    from learner.report import build_report, parse_arm, parse_recorded
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = build_report(
+        args.data, [parse_arm(a) for a in args.arm], args.out,
+        recorded=[parse_recorded(r) for r in args.recorded],
+        runs=[tuple(r.split("=", 1)) for r in args.run], markdown=args.markdown, limit=args.limit,
+        throughput_batch=args.batch, target_params=args.target_params,
+        command=_report_command(args), log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({"out": args.out, "decision": report["decision"]["decision"],
+                      "why": report["decision"]["why"], "seconds": round(report["meta"]["seconds"], 1)}))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sft", help="supervised warm start of a policy preset")
     p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
@@ -64,3 +96,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (0 = torch's default); 1 measured fastest at batch 1 here")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("report", help="evaluation and ROI report: every arm on the same rows, "
+                                      "figures, failure analysis, scaling, the decision")
+    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
+    p.add_argument("--arm", action="append", required=True, metavar="NAME=PATH|baseline|baseline-minimal",
+                   help="an arm (repeatable): the rule-based compressor, the same with ir.minimal applied, "
+                        "or NAME=a checkpoint folder or a GRPO run folder (its best/ is measured)")
+    p.add_argument("--recorded", action="append", default=[], metavar="NAME=EVAL_JSON[,SUMMARY_JSON]",
+                   help="figures measured elsewhere (`tinycompress eval` JSON, {split} in the path), "
+                        "shown labelled, never deciding")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=RUN_FOLDER",
+                   help="a further run folder whose learning curve to draw")
+    p.add_argument("--out", required=True, help="folder for report.json, results.parquet, figures/")
+    p.add_argument("--markdown", default=None, help="write the Markdown here (default OUT/report.md)")
+    p.add_argument("--limit", type=int, default=0, help="first N rows of each split only (0 = all)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--target-params", type=float, default=5e8,
+                   help="the larger model the ROI section extrapolates to (default 0.5B)")
+    p.set_defaults(func=_report)
