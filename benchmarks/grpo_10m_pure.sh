@@ -28,7 +28,7 @@ done_if() { [[ -z "${DRY:-}" && -e "$1" ]]; }
 VARIANTS=(
     "p1_lr2e-5:"
     "p2_lr5e-5:s/^  lr: 2.0e-5/  lr: 5.0e-5/"
-    "p3_g16_beta0:s/^  group_size: 8/  group_size: 16/;s/^  prompts_per_step: 8/  prompts_per_step: 4/;s/^  beta: 0.04/  beta: 0.0/"
+    "p3_lr5e-5_t0.7:s/^  lr: 2.0e-5/  lr: 5.0e-5/;s/^  temperature: 1.0/  temperature: 0.7/"
 )
 
 run mkdir -p "$OUT" "$B"
