@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "cluster.demo",
     "sft": "learner.cli",
     "eval": "learner.cli",
+    "report": "learner.cli",
     "train": "cluster.train_cli",
     "tune": "sweep.cli",
     "vae": "learner.vae_cli",

@@ -120,12 +120,16 @@ class RuleBasedCompressor:
 
     def compress_minimal(self, intent: str) -> str:
         """:meth:`compress`, printed as ``ir.minimal`` where it parses (same meaning, fewer tokens)."""
-        text = self.compress(intent)
+        return self._reprint(self.compress(intent), ir.minimal)
+
+    def _reprint(self, text: str, printer) -> str:
+        """``text`` printed by ``printer`` (``ir.canonical``, ``ir.minimal``) where it parses and
+        its symbols check; as it is otherwise, for the validator to name what is wrong."""
         try:
             surface = ir.parse(text, self.cb)
             if ir.check_symbols(surface, self.cb):
                 return text
-            return ir.minimal(ir.meaning(surface, self.cb), self.cb)
+            return printer(ir.meaning(surface, self.cb), self.cb)
         except ir.IRSyntaxError:
             return text
 
@@ -140,13 +144,7 @@ class RuleBasedCompressor:
         run = self.run.search(intent)
         if run:
             text += ">" + (run.group(1) or run.group(2))
-        try:
-            surface = ir.parse(text, self.cb)
-            if ir.check_symbols(surface, self.cb):
-                return text
-            return ir.canonical(ir.meaning(surface, self.cb), self.cb)
-        except ir.IRSyntaxError:
-            return text
+        return self._reprint(text, ir.canonical)
 
 
 def evaluate_compressor(compress, rows: list[dict], count_tokens, validator: Validator | None = None) -> dict:
