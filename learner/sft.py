@@ -36,8 +36,7 @@ def build_examples(tokenizer, rows: list[dict], max_prompt_len: int,
     ``target`` names the program column: ``program`` (canonical), ``surface`` or ``minimal``.
     """
     prompts = encode_prompts(tokenizer, [r["intent"] for r in rows], max_prompt_len)
-    programs = tokenizer([r[target] for r in rows], add_special_tokens=False)["input_ids"]
-    return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
+    return _with_programs(tokenizer, prompts, [r[target] for r in rows])
 
 
 def form_examples(tokenizer, prompts: list[list[int]], rows: list[dict], rng: random.Random,
@@ -45,8 +44,13 @@ def form_examples(tokenizer, prompts: list[list[int]], rows: list[dict], rng: ra
     """Like :func:`build_examples` with ``prompts`` already encoded, each program one
     equivalent form of the row's ``surface`` drawn by ``rng`` (``validator_actors.forms``)."""
     texts = [draw_form(r["surface"], rng, "legacy" in r["tags"], shuffle) for r in rows]
-    programs = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, programs)]
+    return _with_programs(tokenizer, prompts, texts)
+
+
+def _with_programs(tokenizer, prompts: list[list[int]], programs: list[str]) -> list[tuple[list[int], int]]:
+    """Each prompt's ids followed by its program's and ``<eos>``, with the prompt's length."""
+    ids = tokenizer(programs, add_special_tokens=False)["input_ids"]
+    return [(p + c + [tokenizer.eos_token_id], len(p)) for p, c in zip(prompts, ids)]
 
 
 def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
