@@ -72,8 +72,11 @@ class GRPOController:
         self.init = str(saved or init)
         gpu = ray.cluster_resources().get("GPU", 0) >= 1
         self.learner_opts = {"num_gpus": 1, "num_cpus": 0.01} if gpu else {"num_cpus": self.t.learner_cpus}
+        if self.t.learner_resource:  # pinned to the nodes that offer it (e.g. a GPU group)
+            self.learner_opts["resources"] = {self.t.learner_resource: 0.01}
         if check_cpus:
             _check_cpus(self.learner_opts["num_cpus"], self.t)
+            _check_custom_resources(self.t)
         fresh_init = self.t.set_token_init if saved is None else 0.0  # a checkpoint has them already
         # a resumed run keeps the KL term's reference: the policy it started from, not the checkpoint
         reference = {"reference": str(init), "reference_set_token_init": self.t.set_token_init} if saved else {}
@@ -381,6 +384,16 @@ def _check_cpus(learner_cpus: float, t: TrainConfig, wait_s: float = 30.0) -> No
             f"x {t.worker_cpus:g}, {t.validator_actors} validators x {t.validator_cpus:g}) but the cluster has "
             f"{free:g} free: lower train.rollout_workers / validator_actors / *_cpus or start Ray with more "
             "(logical) CPUs")
+
+
+def _check_custom_resources(t: TrainConfig) -> None:
+    """Fail at start when no node offers a resource the config pins actors to (they would wait forever)."""
+    offered = ray.cluster_resources()
+    for key in ("rollout_resource", "learner_resource"):
+        name = getattr(t, key)
+        if name and offered.get(name, 0.0) < 0.01:
+            raise RuntimeError(f"train.{key} is {name!r} but no node of the cluster offers it: start the nodes "
+                               f"meant for it with --resources='{{\"{name}\": 100}}' or set train.{key}: null")
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -168,6 +168,10 @@ class TrainConfig:
     rollout_resource: str | None = None
     """A custom Ray resource each rollout worker asks for (0.01 of it), to pin the workers to the
     nodes started with it, e.g. ``ray start --resources='{"rollout": 100}'`` (None = anywhere)."""
+    learner_resource: str | None = None
+    """A custom Ray resource the learner actor asks for (0.01 of it), to pin it to the nodes
+    started with it, e.g. a GPU group's ``ray start --resources='{"learner": 1}'`` (None =
+    anywhere: on a cluster with a GPU the learner still asks for one)."""
     learner_cpus: float = 0.5
     """Logical CPUs the learner actor reserves on a CPU-only cluster (a GPU learner takes 0.01)."""
     learner_threads: int = 0
@@ -224,8 +228,20 @@ class TrainConfig:
         if min(self.learner_cpus, self.worker_cpus, self.validator_cpus) <= 0:
             raise ValueError("train.learner_cpus, worker_cpus and validator_cpus must be > 0 (logical CPUs; "
                              f"got {self.learner_cpus}, {self.worker_cpus}, {self.validator_cpus})")
+        for name in ("rollout_resource", "learner_resource"):
+            _check_resource_name(f"train.{name}", getattr(self, name))
         if min(self.steps, self.eval_every, self.eval_samples, self.checkpoint_every) < 1:
             raise ValueError("train.steps, eval_every, eval_samples and checkpoint_every must be >= 1")
+
+
+RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _check_resource_name(key: str, name: str | None) -> None:
+    """A custom resource must be a non-empty name of its own, not one Ray sizes itself."""
+    if name is not None and (not name.strip() or name in RAY_RESOURCES or name.startswith("node:")):
+        raise ValueError(f"{key} must name a custom Ray resource (a node's --resources key), not "
+                         f"{name!r}: CPU, GPU, memory and node: resources are Ray's own (None = anywhere)")
 
 
 @dataclass(frozen=True)

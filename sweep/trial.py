@@ -54,7 +54,8 @@ def mean_intent_tokens(data_dir: str | Path, samples: set[int]) -> dict[int, flo
 def trial_resources(trial: dict, setup: TrialSetup, gpu: bool) -> tune.PlacementGroupFactory:
     """One bundle for the trial process and one per controller actor, each the size it asks for."""
     t = setup.config(trial).train
-    learner = {"CPU": 0.01, "GPU": 1} if gpu else {"CPU": t.learner_cpus}
+    learner = {**({"CPU": 0.01, "GPU": 1} if gpu else {"CPU": t.learner_cpus}),
+               **({t.learner_resource: 0.01} if t.learner_resource else {})}
     worker = {"CPU": t.worker_cpus, **({t.rollout_resource: 0.01} if t.rollout_resource else {})}
     return tune.PlacementGroupFactory(
         [{"CPU": DRIVER_CPUS}, learner]

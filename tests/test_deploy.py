@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -340,7 +341,8 @@ def fits(requests: list[dict[str, float]], cluster: list[dict[str, float]]) -> b
 
 def train_actors(t, gpu: bool) -> list[dict[str, float]]:
     """The GRPO run's actors as cluster/controller.py creates them (a GPU learner: 1 GPU, 0.01 CPU)."""
-    learner = {"CPU": 0.01, "GPU": 1.0} if gpu else {"CPU": t.learner_cpus}
+    learner = {**({"CPU": 0.01, "GPU": 1.0} if gpu else {"CPU": t.learner_cpus}),
+               **({t.learner_resource: 0.01} if t.learner_resource else {})}
     worker = {"CPU": t.worker_cpus, **({t.rollout_resource: 0.01} if t.rollout_resource else {})}
     return [learner] + [worker] * t.rollout_workers + [{"CPU": t.validator_cpus}] * t.validator_actors
 
@@ -411,10 +413,22 @@ def test_train_job_fits_the_configs_actors_with_and_without_the_gpu_group():
     assert fits(train_actors(t, gpu=False), cpu_only)
     assert fits(train_actors(t, gpu=True), nodes(job, {"cpu": 1, "gpu": 1}))
     # the check can fail: twice the rollout workers do not fit one 2-CPU node
-    import dataclasses
-
     more = dataclasses.replace(t, rollout_workers=2 * t.rollout_workers)
     assert not fits(train_actors(more, gpu=False), cpu_only)
+
+
+def test_gpu_config_pins_the_learner_to_the_gpu_group_only():
+    from learner.config import RunConfig
+
+    job, _, cfg = train_job()
+    t = RunConfig.from_dict(yaml.safe_load(doc("rayjob-train.yaml", "ConfigMap")["data"]["train-gpu.yaml"])).train
+    assert dataclasses.replace(t, learner_resource=None) == cfg.train and t.learner_resource
+    by_group = {w["groupName"]: node_resources(w) for w in cluster_spec(job)["workerGroupSpecs"]}
+    assert t.learner_resource in by_group["gpu"] and t.learner_resource not in by_group["cpu"]
+    assert fits(train_actors(t, gpu=True), nodes(job, {"cpu": 1, "gpu": 1}))
+    # without the gpu group the pinned learner has nowhere to go, even with CPUs to spare
+    assert not fits(train_actors(t, gpu=False), nodes(job, {"cpu": 2}))
+    assert fits(train_actors(cfg.train, gpu=False), nodes(job, {"cpu": 2}))
 
 
 def test_tune_job_fits_max_concurrent_trials():

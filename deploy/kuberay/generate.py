@@ -6,7 +6,8 @@
   puts in front of the pods reaches it.
 - ``rayjob-train.yaml``, the ConfigMap's ``train.yaml``: ``tune_configs/10m.yaml`` with
   ``train.rollout_resource`` set to the custom resource that only the job's ``cpu`` group
-  advertises.
+  advertises; ``train-gpu.yaml``: the same with ``train.learner_resource`` set to the one that
+  only the ``gpu`` group advertises (the learner on the GPU node, or a clear error at start).
 
 Everything else in the manifests is written by hand. ``tests/test_deploy.py`` checks that the
 committed files equal what this writes.
@@ -30,6 +31,8 @@ SERVE_CONFIG = ROOT / "serve" / "config.yaml"
 TRAIN_PRESET = ROOT / "tune_configs" / "10m.yaml"
 ROLLOUT_RESOURCE = "rollout"
 """The custom resource of the train job's ``cpu`` group (``rayStartParams.resources``)."""
+LEARNER_RESOURCE = "learner"
+"""The custom resource of the train job's ``gpu`` group."""
 CLUSTER_SERVE = {"proxy_location": "EveryNode", "http_host": "0.0.0.0"}
 
 
@@ -41,21 +44,25 @@ def serve_config_v2(source: Path = SERVE_CONFIG) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-def train_config(source: Path = TRAIN_PRESET) -> str:
-    """``source`` with its rollout workers pinned to the nodes that have ``ROLLOUT_RESOURCE``
-    (the keys the preset writes, so that a new config field with a default changes nothing)."""
+def train_config(source: Path = TRAIN_PRESET, gpu_learner: bool = False) -> str:
+    """``source`` with its rollout workers pinned to the nodes that have ``ROLLOUT_RESOURCE``,
+    and with ``gpu_learner`` its learner to those that have ``LEARNER_RESOURCE`` (the keys the
+    preset writes, so that a new config field with a default changes nothing)."""
     from learner.config import RunConfig
 
     raw = yaml.safe_load(source.read_text())
     raw.setdefault("train", {})["rollout_resource"] = ROLLOUT_RESOURCE
+    if gpu_learner:
+        raw["train"]["learner_resource"] = LEARNER_RESOURCE
     RunConfig.from_dict(raw)  # loads strictly, as `tinycompress train` will
     return yaml.safe_dump(raw, sort_keys=False)
 
 
-# manifest -> (the key of its generated block scalar, what writes the block)
+# manifest -> ((the key of a generated block scalar, what writes the block), ...)
 BLOCKS = {
-    "rayservice.yaml": ("serveConfigV2", serve_config_v2),
-    "rayjob-train.yaml": ("train.yaml", train_config),
+    "rayservice.yaml": (("serveConfigV2", serve_config_v2),),
+    "rayjob-train.yaml": (("train.yaml", train_config),
+                          ("train-gpu.yaml", lambda: train_config(gpu_learner=True))),
 }
 
 
@@ -82,9 +89,11 @@ def _indent(line: str) -> int:
 
 
 def render(name: str) -> str:
-    """The manifest ``name`` with its generated block brought up to date."""
-    key, make = BLOCKS[name]
-    return replace_block((HERE / name).read_text(), key, make())
+    """The manifest ``name`` with its generated blocks brought up to date."""
+    text = (HERE / name).read_text()
+    for key, make in BLOCKS[name]:
+        text = replace_block(text, key, make())
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
