@@ -1,11 +1,16 @@
-"""HTTP load test of the Serve app: /compress and /encode latency, throughput, errors, batching.
+"""HTTP benchmark of the Serve app: latency of each hop, /compress and /encode latency and
+throughput, batching, batched against unbatched in the same run.
 
 Starts one embedded Ray instance with the app twice: ``/`` as in serve/config.yaml
-(@serve.batch up to 16 intents / 32 crops) and ``/nobatch`` with ``max_batch_size: 1``, one
-replica each, so that every variant runs on the same machine in the same minutes. An asyncio
-client (httpx) keeps ``concurrency`` requests in flight and records each latency; every
-non-200 answer or transport error counts as an error. Intents are distinct (the answer cache
-never hits) except in the ``cached`` row.
+(``@serve.batch`` up to 16 intents / 32 crops) and ``/nobatch`` with ``max_batch_size: 1``.
+Each round drives both variants in turn (interleaved) with an asyncio httpx client keeping 1 or
+32 requests in flight; the first round is a warm-up and is dropped; each figure is the median
+over the remaining rounds. Every non-200 answer or transport error counts as an error.
+Intents are distinct (the answer cache never hits) except in the ``cached`` row.
+
+Hops, at one client: ``/healthz`` (proxy -> replica -> proxy, no model), ``/expand`` (plus the
+validator), ``/compress`` of a cached intent (plus the batch queue and worker thread),
+``/compress`` (plus the decode; ``model ms`` is the replica's own time for the batch).
 
     python benchmarks/bench_serve.py --out docs/bench/serve.json
 """
@@ -14,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import io
 import json
 import os
@@ -29,9 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-ONE_REPLICA = {"num_replicas": 1, "autoscaling_config": None}
-NO_BATCH = {"Compressor": {**ONE_REPLICA, "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}},
-            "Encoder": {**ONE_REPLICA, "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
+NO_BATCH = {"compressor": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+            "encoder": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}
+VARIANTS = (("batched", ""), ("no batch", "/nobatch"))
 
 
 def free_port() -> int:
@@ -67,26 +71,28 @@ def crops(n: int) -> list[bytes]:
     return out
 
 
-async def load(base: str, path: str, bodies: list[dict], concurrency: int) -> dict:
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
+
+
+async def load(base: str, method: str, path: str, bodies: list[dict], concurrency: int) -> dict:
     """Send every body once with ``concurrency`` in flight; latency percentiles and throughput."""
-    lat, errors, codes, model_ms, batches = [], 0, {}, [], []
+    lat, codes, model_ms, batches = [], {}, [], []
     queue = iter(range(len(bodies)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
         for i in queue:
             t0 = time.perf_counter()
             try:
-                r = await client.post(path, **bodies[i])
-                ok = r.status_code == 200
-                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                r = await client.request(method, path, **bodies[i])
+                key = r.status_code
             except httpx.HTTPError as exc:
-                ok = False
-                codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1
+                r, key = None, type(exc).__name__
             lat.append((time.perf_counter() - t0) * 1000)
-            errors += not ok
-            if ok and path.endswith("compress"):
+            codes[key] = codes.get(key, 0) + 1
+            if key == 200 and "/compress" in path:
                 model_ms.append(r.json()["latency_ms"])
                 batches.append(r.json()["batch"])
 
@@ -94,11 +100,9 @@ async def load(base: str, path: str, bodies: list[dict], concurrency: int) -> di
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - t0
-    lat.sort()
-    q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 1)  # noqa: E731
-    row = {"path": path, "concurrency": concurrency, "requests": len(bodies), "errors": errors,
-           "status": codes, "p50_ms": q(0.5), "p99_ms": q(0.99), "mean_ms": round(statistics.fmean(lat), 1),
-           "throughput_rps": round(len(bodies) / seconds, 1)}
+    row = {"path": path, "concurrency": concurrency, "requests": len(bodies),
+           "errors": len(bodies) - codes.get(200, 0), "status": codes, "p50_ms": quantile(lat, 0.5),
+           "p99_ms": quantile(lat, 0.99), "throughput_rps": round(len(bodies) / seconds, 1)}
     if model_ms:
         row["model_p50_ms"] = round(statistics.median(model_ms), 1)
         row["batch_mean"] = round(statistics.fmean(batches), 2)  # intents decoded together
@@ -116,46 +120,82 @@ def start(args) -> str:
     port = free_port()
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
-    batched = {**cfg["options"], "Compressor": {**cfg["options"]["Compressor"], **ONE_REPLICA}}
-    serve.run(compose(cfg["args"], batched), name="batched", route_prefix="/", blocking=False)
-    serve.run(compose(cfg["args"], {**cfg["options"], **NO_BATCH}), name="nobatch",
-              route_prefix="/nobatch", blocking=False)
+    serve.run(compose(cfg["args"], cfg["options"]), name="batched", route_prefix="/", blocking=False)
+    options = {name: {**opts, "user_config": NO_BATCH} for name, opts in cfg["options"].items()}
+    serve.run(compose(cfg["args"], options), name="nobatch", route_prefix="/nobatch", blocking=False)
     base = f"http://127.0.0.1:{port}"
-    for prefix in ("", "/nobatch"):
-        deadline = time.monotonic() + 300
-        while httpx.get(base + prefix + "/healthz", timeout=10).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the app did not become healthy")
-            time.sleep(0.5)
+    for _, prefix in VARIANTS:
+        wait_ready(base + prefix)
     return base
 
 
-async def bench(base: str, args) -> list[dict]:
-    texts = intents(args.c1 * 3 + args.c32 * 3 + 8)
-    take = iter(texts)
-    comp = lambda n, **kw: [{"json": {"intent": next(take), **kw}} for _ in range(n)]  # noqa: E731
-    images = crops(64)
-    enc = lambda n: [{"content": images[i % len(images)], "headers": {"content-type": "image/png"}}  # noqa: E731
-                     for i in range(n)]
-    for prefix in ("", "/nobatch"):  # warm-up: first calls pay for lazy imports and batch queues
-        await load(base, prefix + "/compress", comp(4), 2)
-        await load(base, prefix + "/encode", enc(8), 4)
+def wait_ready(url: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become ready in {seconds:g} s")
+        time.sleep(0.5)
+
+
+class Bodies:
+    """Fresh request bodies: every /compress intent is used once in the whole run."""
+
+    def __init__(self, n_intents: int):
+        self.texts, self.images, self.used = intents(n_intents), crops(64), 0
+
+    def compress(self, n: int, **extra) -> list[dict]:
+        out = [{"json": {"intent": t, **extra}} for t in self.texts[self.used:self.used + n]]
+        if len(out) < n:
+            raise RuntimeError("ran out of distinct intents: raise Bodies(n_intents)")
+        self.used += n
+        return out
+
+    def encode(self, n: int) -> list[dict]:
+        return [{"content": self.images[i % len(self.images)], "headers": {"content-type": "image/png"}}
+                for i in range(n)]
+
+
+async def one_round(base: str, bodies: Bodies, args) -> list[dict]:
     rows = []
-    for variant, prefix in (("batched", ""), ("no batch", "/nobatch")):
-        for path, bodies, c in ((prefix + "/compress", comp(args.c1), 1), (prefix + "/compress", comp(args.c32), 32),
-                                (prefix + "/encode", enc(args.c1 * 4), 1), (prefix + "/encode", enc(args.c32 * 4), 32)):
-            rows.append({"variant": variant, **await load(base, path, bodies, c)})
-    greedy = await load(base, "/compress", comp(args.c1, max_candidates=1), 1)
-    rows.append({"variant": "batched, max_candidates=1 (greedy)", **greedy})
-    repeat = [{"json": {"intent": texts[0]}}] * args.c1
-    rows.append({"variant": "batched, cached intent", **await load(base, "/compress", repeat, 1)})
+    for variant, prefix in VARIANTS:
+        cases = [("POST", "/compress", bodies.compress(args.c1), 1),
+                 ("POST", "/compress", bodies.compress(args.c32), 32),
+                 ("POST", "/encode", bodies.encode(args.c1 * 4), 1),
+                 ("POST", "/encode", bodies.encode(args.c32 * 4), 32)]
+        for method, path, batch, c in cases:
+            rows.append({"variant": variant, **await load(base, method, prefix + path, batch, c)})
+    hops = [("GET", "/healthz", [{}] * args.c1),
+            ("POST", "/expand", [{"json": {"program": "C3?&I5:audit>nightly"}}] * args.c1),
+            ("POST", "/compress", [{"json": {"intent": bodies.texts[0]}}] * args.c1),  # cached after the 1st
+            ("POST", "/compress", bodies.compress(args.c1, max_candidates=4), 1)]
+    for (method, path, batch), name in zip(hops, ("hop: no model", "hop: validator", "hop: cached answer",
+                                                  "4 candidates")):
+        rows.append({"variant": name, **await load(base, method, path, batch, 1)})
     return rows
 
 
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """Each row's figures: the median over rounds (same row order in every round)."""
+    out = []
+    for same in zip(*rounds):
+        row = dict(same[0])
+        for key in ("p50_ms", "p99_ms", "throughput_rps", "model_p50_ms", "batch_mean"):
+            if key in row:
+                row[key] = round(statistics.median(r[key] for r in same), 2)
+        row["errors"] = sum(r["errors"] for r in same)
+        row["requests"] = sum(r["requests"] for r in same)
+        out.append(row)
+    return out
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| endpoint | variant | concurrency | requests | errors | p50 ms | p99 ms | throughput req/s "
-            "| model p50 ms | intents per batch |")
-    lines = [head, "|" + "---|" * 10]
+    lines = ["| endpoint | variant | clients | requests | errors | p50 ms | p99 ms | req/s | model ms | batch |",
+             "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| `{r['path']}` | {r['variant']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
                      f"{r['p50_ms']} | {r['p99_ms']} | {r['throughput_rps']} | {r.get('model_p50_ms', '')} | "
@@ -163,27 +203,44 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratios(rows: list[dict]) -> dict:
+    """Batched over unbatched, for each (endpoint, clients): throughput and p50."""
+    by = {(r["variant"], r["path"].removeprefix("/nobatch"), r["concurrency"]): r for r in rows}
+    out = {}
+    for (variant, path, c), r in by.items():
+        other = by.get(("no batch", path, c))
+        if variant == "batched" and other:
+            out[f"{path} c={c}"] = {"throughput": round(r["throughput_rps"] / other["throughput_rps"], 2),
+                                    "p50": round(r["p50_ms"] / other["p50_ms"], 2)}
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--c1", type=int, default=40, help="requests at concurrency 1 (x4 for /encode)")
-    p.add_argument("--c32", type=int, default=192, help="requests at concurrency 32 (x4 for /encode)")
+    p.add_argument("--c1", type=int, default=40, help="requests at one client per round (x4 for /encode)")
+    p.add_argument("--c32", type=int, default=192, help="requests at 32 clients per round (x4 for /encode)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds after the dropped warm-up round")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args()
     load_before = os.getloadavg()
     base = start(args)
+    bodies = Bodies((args.rounds + 1) * 2 * (args.c1 + args.c32) + (args.rounds + 1) * args.c1 + 8)
     try:
-        rows = asyncio.run(bench(base, args))
+        rounds = [asyncio.run(one_round(base, bodies, args)) for _ in range(args.rounds + 1)][1:]
     finally:
-        from ray import serve
         import ray
+        from ray import serve
 
         serve.shutdown()
         ray.shutdown()
+    rows = median_rows(rounds)
     report = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} logical CPUs, "
               f"{platform.machine()}, Python {platform.python_version()}",
-              "loadavg_1m_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)], "rows": rows}
+              "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+              "rounds": args.rounds, "rows": rows, "batched_over_unbatched": ratios(rows)}
     print(table(rows))
+    print("batched / unbatched:", json.dumps(report["batched_over_unbatched"]))
     print(f"load average (1 min) before/after: {report['loadavg_1m_before_after']}")
     if args.out:
         with open(args.out, "w") as f:

@@ -1,22 +1,24 @@
-"""The served compressor: sample candidates, validate them, keep the shortest valid one.
+"""The served compressor: decode candidates, validate them, keep the shortest valid one.
 
-A plain class (no Ray), so it is tested and benchmarked on its own; ``serve.app`` wraps it in
-a Serve deployment. For each intent the policy samples ``k`` candidates in one batched decode
-(``k = 1`` is greedy), the validator checks levels 1-5 (no reference meaning exists at
-serving time), the shortest valid candidate wins (IR tokens of the checkpoint's own
-tokenizer, ties broken by text), and the rule-based compressor answers when no candidate is
-valid. Confidence is self-consistency (Wang et al., "Self-Consistency Improves Chain of
-Thought Reasoning", 2023): the share of the ``k`` candidates whose canonical expansion (its
-sha256) equals the returned program's.
+A plain class (no Ray), so it is tested and benchmarked on its own; ``serve.app`` holds it in
+the Serve replica. A batch of intents, each with its own ``k``, is decoded in one pass of
+:class:`serve.decode.StaticDecoder` (each prompt prefilled once): candidate 0 of every intent
+is the greedy program and candidates 1..k-1 are sampled. The validator checks levels 1-5 (no
+reference meaning exists at serving time), the shortest valid candidate wins (IR tokens of the
+checkpoint's own tokenizer, ties broken by text), and the rule-based compressor answers when
+no candidate is valid. Confidence is self-consistency (Wang et al., "Self-Consistency Improves
+Chain of Thought Reasoning", 2023): the share of the ``k`` candidates whose canonical expansion
+(its sha256) equals the returned program's. ``faithful`` is the estimate of
+:mod:`validator_actors.faithful` that the program says what the intent says.
 
-Answers are deterministic for a given batch: the sampling generator is seeded from the
-batch's intents. A small LRU cache returns a repeated intent's answer without decoding.
+Answers are deterministic per intent: a sampled candidate's noise comes from a generator seeded
+by the intent and the candidate's index, so the answer does not depend on which other intents
+share the batch. A small LRU cache returns a repeated intent's answer without decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -32,8 +34,9 @@ class CompressorConfig:
 
     checkpoint: str = str(DEFAULT_COMPRESSOR)
     """Folder of an HF-format policy checkpoint with its tokenizer (``tinycompress sft --out``)."""
-    max_candidates: int = 4
-    """Candidates sampled per intent when the request does not say (1 = greedy only)."""
+    max_candidates: int = 1
+    """Candidates per intent when the request does not say: the greedy program, then k-1 samples
+    (1 = greedy only, the lowest latency; docs/SERVE.md compares)."""
     temperature: float = 0.7
     """Sampling temperature for k > 1 (0.7 and 1.0 gave the same pass rate on 120 intents)."""
     top_p: float = 1.0
@@ -43,7 +46,7 @@ class CompressorConfig:
     cache_size: int = 4096
     """Recent (intent, k) answers kept; 0 turns the cache off."""
     threads: int = 1
-    """torch threads: batch-1 decoding is fastest with one on a small, busy CPU."""
+    """torch threads of the replica (intra-op): one per replica on a small, shared CPU."""
     shortest_form: bool = True
     """Also consider each valid candidate's shortest equivalent form (``rollout.rewrite``:
     default context and output root left out, ``R*`` for full sets), kept only if the
@@ -73,6 +76,8 @@ class Compression:
     candidates: int
     valid_candidates: int
     latency_ms: float
+    faithful: bool = False  # valid, and no check of validator_actors.faithful found anything
+    faithfulness: dict | None = None  # {findings, baseline_agrees, agreement}: what faithful rests on
     cached: bool = False
 
     @property
@@ -102,63 +107,59 @@ class Compressor:
         import torch
 
         from learner.policy import load_policy
-        from rollout.baseline import RuleBasedCompressor
-        from rollout.sampler import Sampler
-        from validator_actors.tokens import TokenCounter
-        from validator_actors.validator import Validator
+        from serve.decode import StaticDecoder
 
         self.cfg = cfg or CompressorConfig()
         torch.set_num_threads(self.cfg.threads)
         path = Path(self.cfg.checkpoint)
         self.model, self.tok, self.meta = load_policy(path, device="cpu")
-        self.greedy = Sampler(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens)
-        self.sampler = Sampler(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens,
-                               temperature=self.cfg.temperature, top_p=self.cfg.top_p)
-        self.validator = Validator()
-        self.count = TokenCounter(path)
-        self.baseline = RuleBasedCompressor(self.validator.cb)
+        self.decoder = StaticDecoder(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens)
+        self.tools = ProgramTools(path)
+        self.validator, self.count, self.baseline = self.tools.validator, self.tools.count, self.tools.baseline
         self._cache: OrderedDict[tuple[str, int], Compression] = OrderedDict()
         self.version = {"name": path.name, "policy": self.meta.get("policy", {}).get("name"),
                         "params": self.meta.get("params"), "stage": self.meta.get("stage"),
                         "step": self.meta.get("step"), "weights_sha256": file_digest(path / "model.safetensors"),
                         "codebook_version": self.validator.cb.version}
 
-    def compress(self, intents: list[str], k: int | None = None) -> list[Compression]:
-        """Answer every intent with ``k`` candidates each (default ``cfg.max_candidates``)."""
-        k = k or self.cfg.max_candidates
+    def compress(self, intents: list[str], k: int | list[int | None] | None = None) -> list[Compression]:
+        """Answer every intent; ``k`` candidates each (one for all, or one per intent; None or 0 =
+        ``cfg.max_candidates``). Intents not in the cache are decoded together in one batch."""
+        ks = [kk or self.cfg.max_candidates for kk in (k if isinstance(k, list) else [k] * len(intents))]
         t0 = time.perf_counter()
-        todo = [i for i, text in enumerate(intents) if (text, k) not in self._cache]
-        fresh = dict(zip(todo, self._decode([intents[i] for i in todo], k, t0))) if todo else {}
+        todo = [i for i, key in enumerate(zip(intents, ks)) if key not in self._cache]
+        fresh = dict(zip(todo, self._decode([intents[i] for i in todo], [ks[i] for i in todo], t0))) if todo else {}
         out = []
-        for i, text in enumerate(intents):
+        for i, key in enumerate(zip(intents, ks)):
             if i in fresh:
-                self._remember((text, k), fresh[i])
+                self._remember(key, fresh[i])
                 out.append(fresh[i])
             else:
-                hit = self._cache[(text, k)]
-                self._cache.move_to_end((text, k))
+                hit = self._cache[key]
+                self._cache.move_to_end(key)
                 ms = round((time.perf_counter() - t0) * 1000, 3)
                 out.append(Compression(**{**asdict(hit), "latency_ms": ms, "cached": True}))
         return out
 
-    def _decode(self, intents: list[str], k: int, t0: float) -> list[Compression]:
-        import torch
+    def _decode(self, intents: list[str], ks: list[int], t0: float) -> list[Compression]:
+        from serve.decode import Row
 
-        if k == 1:
-            texts = self.greedy.sample(intents, 1, greedy=True).texts
-        else:
-            seed = int.from_bytes(hashlib.sha256(json.dumps(intents).encode()).digest()[:8], "little")
-            gen = torch.Generator().manual_seed(seed)
-            texts = self.sampler.sample(intents, k, greedy=False, generator=gen).texts
+        rows = [Row(i, None if j == 0 else candidate_generator(intent, j))
+                for i, (intent, k) in enumerate(zip(intents, ks)) for j in range(k)]
+        texts = self.decoder.texts(self.decoder.generate(intents, rows, temperature=self.cfg.temperature,
+                                                         top_p=self.cfg.top_p))
         intent_tokens = self.count(intents)
         ms = round((time.perf_counter() - t0) * 1000, 3)
-        return [self._choose(intent, texts[j * k:(j + 1) * k], n, ms)
-                for j, (intent, n) in enumerate(zip(intents, intent_tokens))]
+        out, at = [], 0
+        for intent, k, n in zip(intents, ks, intent_tokens):
+            out.append(self._choose(intent, texts[at:at + k], n, ms))
+            at += k
+        return out
 
     def _choose(self, intent: str, candidates: list[str], intent_tokens: int, ms: float) -> Compression:
         reports = [self.validator.validate(c) for c in candidates]
         valid = [(c, r) for c, r in zip(candidates, reports) if r.valid]
-        n_valid = len(valid)  # sampled candidates that passed
+        n_valid = len(valid)  # decoded candidates that passed
         if self.cfg.shortest_form:
             valid += self._shorter_forms(valid)
         if valid:
@@ -168,9 +169,11 @@ class Compressor:
         else:
             program = self.baseline.compress(intent)
             report, source, tokens = self.validator.validate(program), "fallback", self.count([program])[0]
-        agree = sum(r.valid and r.hash == report.hash for r in reports) if report.valid else 0
+        agree = round((sum(r.valid and r.hash == report.hash for r in reports) if report.valid else 0)
+                      / len(candidates), 4)
+        faithful, why = self.tools.faithfulness(intent, program, report, agree)
         return Compression(intent, program, tokens, intent_tokens, report.valid, report.to_dict(), source,
-                           round(agree / len(candidates), 4), len(candidates), n_valid, ms)
+                           agree, len(candidates), n_valid, ms, faithful, why)
 
     def _shorter_forms(self, valid: list) -> list:
         """Equivalent shorter spellings of the valid candidates, validated to the same hash."""
@@ -193,6 +196,14 @@ class Compressor:
                 self._cache.popitem(last=False)
 
 
+def candidate_generator(intent: str, index: int):
+    """The generator of candidate ``index`` of ``intent``: seeded by both, nothing else."""
+    import torch
+
+    seed = hashlib.sha256(f"{index}:{intent}".encode()).digest()[:8]
+    return torch.Generator().manual_seed(int.from_bytes(seed, "little") & (2**63 - 1))
+
+
 class ProgramTools:
     """``/expand`` and ``/validate``: the validator, the token counter and the baseline, no model.
 
@@ -213,12 +224,28 @@ class ProgramTools:
         return self.validator.validate(program).to_dict()
 
     def validate(self, program: str, intent: str | None = None, reference: str | None = None) -> dict:
-        """The report; with ``intent``, also token counts, compression and the baseline's verdict."""
-        report = self.validator.validate(program, reference).to_dict()
+        """The report; with ``intent``, also token counts, compression, the baseline's verdict and
+        the faithfulness estimate."""
+        checked = self.validator.validate(program, reference)
+        report = checked.to_dict()
         if intent is not None:
             tokens, intent_tokens = self.count([program, intent])
-            base = self.validator.validate(self.baseline.compress(intent))
             report["tokens"], report["intent_tokens"] = tokens, intent_tokens
             report["compression"] = round(1 - tokens / intent_tokens, 4) if intent_tokens else 0.0
-            report["matches_baseline"] = bool(base.valid and report["hash"] == base.hash)
+            report["faithful"], report["faithfulness"] = self.faithfulness(intent, program, checked)
+            report["matches_baseline"] = report["faithfulness"]["baseline_agrees"]
         return report
+
+    def faithfulness(self, intent: str, program: str, report, agreement: float | None = None) -> tuple[bool, dict]:
+        """(faithful, why): ``validator_actors.faithful``'s findings for the program against its
+        intent, the rule-based compressor's reading as a second opinion (same meaning hash or
+        not) and, when there were several candidates, their agreement. ``faithful`` is a valid
+        program with no finding (docs/SERVE.md has its calibration)."""
+        from validator_actors.faithful import check
+
+        base = self.validator.validate(self.baseline.compress(intent))
+        findings = check(intent, program, self.validator.cb) if report.valid else []
+        why = {"findings": [asdict(f) for f in findings],
+               "baseline_agrees": bool(report.valid and base.valid and base.hash == report.hash),
+               "agreement": agreement}
+        return bool(report.valid and not findings), why

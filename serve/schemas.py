@@ -20,6 +20,9 @@ MAX_CANDIDATES = 8  # candidates sampled per intent
 MAX_IMAGE_BYTES = 1 * 2**20  # one encoded image (PNG/JPEG file), after base64 decoding
 MAX_ENTITY_CHARS = 128
 MAX_LATENT_ABS = 100.0  # latent values are about N(0, 1); far outside is not a latent
+MAX_JSON_DEPTH = 16  # nested arrays/objects in a JSON body (the deepest valid body has 2)
+MAX_JSON_VALUES = 20_000  # values in a JSON body (a 4,096-value latent is the largest valid one)
+MAX_INT_DIGITS = 32  # digits of one JSON integer (no valid field needs more than a few)
 
 
 def _utf8(text: str) -> str:

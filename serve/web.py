@@ -2,22 +2,33 @@
 
 Every error is JSON ``{"detail": reason}`` (plus ``errors`` where there are several):
 
-- 400: malformed JSON, or a JSON body that is not UTF-8;
+- 400: malformed JSON, a JSON body that is not UTF-8, nested deeper than ``MAX_JSON_DEPTH``,
+  holding more than ``MAX_JSON_VALUES`` values or an integer of more than ``MAX_INT_DIGITS``
+  digits (one parser, :func:`load_json`, reads every JSON body of every endpoint);
+- 408: a body that did not arrive within ``Guards.body_timeout_s``;
 - 413: a body over ``MAX_BODY_BYTES``, or an image over ``MAX_IMAGE_BYTES``;
 - 415: ``/encode`` with a content type other than PNG, JPEG, octet-stream or JSON;
 - 422: a well-formed body that breaks the schema or limits (``serve.schemas``), an image that
   is not one or has the wrong shape, an invalid program for ``/expand``;
-- 429 / 503 with ``Retry-After``: a model's queue is full / it did not answer in time.
+- 429 with ``Retry-After``: a model's queue is full (:class:`Gate`), or one client address has
+  ``Guards.max_client_requests`` requests in flight already;
+- 503 with ``Retry-After``: a model did not answer in time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from serve import schemas
@@ -37,6 +48,24 @@ ENCODE_OPENAPI = {"requestBody": {"required": True, "content": {
 }}}
 
 
+@dataclass(frozen=True)
+class Guards:
+    """How the service protects itself from load and from slow or greedy clients."""
+
+    body_timeout_s: float = 5.0
+    """A request body must arrive whole within this many seconds of the request (else 408)."""
+    max_client_requests: int = 128
+    """Requests one client address may have in flight at once (else 429 at once)."""
+    compressor_queue: int = 64
+    """Intents admitted to the compressor at once, decoding or waiting (else 429 at once)."""
+    encoder_queue: int = 256
+    """Images admitted to the encoder at once, encoding or waiting (else 429 at once)."""
+
+    def __post_init__(self) -> None:
+        if self.body_timeout_s <= 0 or min(self.max_client_requests, self.compressor_queue, self.encoder_queue) < 1:
+            raise ValueError("body_timeout_s must be > 0 and every cap >= 1")
+
+
 class BadInput(Exception):
     """A request the service refuses, with its status code and reason."""
 
@@ -53,6 +82,28 @@ class Overloaded(Exception):
         self.status, self.reason = status, reason
 
 
+class Gate:
+    """Admission to one model: at most ``limit`` items inside (decoding or queued for a batch);
+    the next one is refused at once (429), so a queue never grows past what drains in seconds."""
+
+    def __init__(self, name: str, limit: int):
+        self.name, self.limit, self.inside = name, limit, 0
+
+    @property
+    def full(self) -> bool:
+        return self.inside >= self.limit
+
+    @contextmanager
+    def admit(self, items: int = 1):
+        if self.inside + items > self.limit:
+            raise Overloaded(429, f"the {self.name} queue is full ({self.limit} in flight); retry shortly")
+        self.inside += items
+        try:
+            yield
+        finally:
+            self.inside -= items
+
+
 def package_version() -> str:
     try:
         return version("tinycompress")
@@ -63,7 +114,8 @@ def package_version() -> str:
 def limits() -> dict:
     return {name.lower(): getattr(schemas, name) for name in (
         "MAX_BODY_BYTES", "MAX_INTENT_CHARS", "MAX_PROGRAM_CHARS", "MAX_BATCH", "MAX_CANDIDATES",
-        "MAX_IMAGE_BYTES", "MAX_ENTITY_CHARS", "MAX_LATENT_ABS")}
+        "MAX_IMAGE_BYTES", "MAX_ENTITY_CHARS", "MAX_LATENT_ABS", "MAX_JSON_DEPTH", "MAX_JSON_VALUES",
+        "MAX_INT_DIGITS")}
 
 
 def describe_errors(errors: list[dict]) -> tuple[int, str, list[dict]]:
@@ -78,15 +130,74 @@ def describe_errors(errors: list[dict]) -> tuple[int, str, list[dict]]:
     return 422, reason, rows
 
 
-def parse(model: type[BaseModel], body: bytes) -> BaseModel:
-    """A JSON body into ``model``, with the same 400/422 answers as FastAPI's own bodies."""
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > schemas.MAX_INT_DIGITS:
+        raise ValueError(f"an integer has {len(text.lstrip('-'))} digits; the limit is {schemas.MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _check_shape(value: Any) -> None:
+    """Raise ValueError when ``value`` nests more than MAX_JSON_DEPTH arrays/objects or holds more
+    than MAX_JSON_VALUES values."""
+    stack, count = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > schemas.MAX_JSON_VALUES:
+            raise ValueError(f"the body holds more than {schemas.MAX_JSON_VALUES} JSON values")
+        if isinstance(item, (dict, list)):
+            if depth >= schemas.MAX_JSON_DEPTH:
+                raise ValueError(f"the body nests deeper than {schemas.MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def load_json(body: bytes) -> Any:
+    """The one JSON parser of the service: ``body`` within every limit, or BadInput(400 or 413)."""
+    if len(body) > schemas.MAX_BODY_BYTES:
+        raise BadInput(413, f"body over {schemas.MAX_BODY_BYTES} bytes")
     try:
-        return model.model_validate(json.loads(body))
+        value = json.loads(body, parse_int=_integer)
+        _check_shape(value)
+        return value
     except json.JSONDecodeError as exc:
         raise BadInput(400, f"malformed JSON: {exc.msg} at character {exc.pos}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise BadInput(400, f"the body nests deeper than {schemas.MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise BadInput(400, str(exc)) from None
+
+
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """A JSON body into ``model``: 400/413 from :func:`load_json`, 422 for the schema."""
+    try:
+        return model.model_validate(load_json(body))
     except ValidationError as exc:
-        status, reason, rows = describe_errors(exc.errors())
-        raise BadInput(status, reason, rows) from None
+        raise BadInput(*describe_errors(exc.errors())) from None
+
+
+class _JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = load_json(await self.body())
+            except BadInput as exc:
+                raise HTTPException(exc.status, exc.reason) from None
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A FastAPI route whose JSON body goes through :func:`load_json` (FastAPI's own reader
+    would take any depth and any number of digits)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            return await handler(_JsonRequest(request.scope, request.receive))
+
+        return guarded
 
 
 def _error(status: int, reason: str, errors: list | None = None, retry: bool = False) -> JSONResponse:
@@ -95,22 +206,44 @@ def _error(status: int, reason: str, errors: list | None = None, retry: bool = F
 
 
 class BodyGuard:
-    """ASGI middleware: refuse bodies over ``limit`` bytes (413) and JSON that is not UTF-8 (400)
-    before any route runs; the body is read once, within the limit, and replayed to the app."""
+    """ASGI middleware, before any route runs: at most ``max_client_requests`` requests in flight
+    per client address (429), the body whole within ``body_timeout_s`` (408) and within
+    ``limit`` bytes (413), JSON bodies UTF-8 (400). The body is read once and replayed."""
 
-    def __init__(self, app, limit: int = schemas.MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    unlimited = ("/healthz", "/readyz")  # a prober is never refused for a flood from its address
+
+    def __init__(self, app, guards: Guards | None = None, limit: int = schemas.MAX_BODY_BYTES):
+        self.app, self.guards, self.limit = app, guards or Guards(), limit
+        self.clients: dict[str, int] = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.unlimited:
             return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?", 0))[0]
+        if self.clients.get(client, 0) >= self.guards.max_client_requests:
+            return await _error(429, f"{self.guards.max_client_requests} requests from this client are in flight "
+                                     "already", retry=True)(scope, receive, send)
+        self.clients[client] = self.clients.get(client, 0) + 1
+        try:
+            return await self._guard(scope, receive, send)
+        finally:
+            self.clients[client] -= 1
+            if not self.clients[client]:
+                del self.clients[client]
+
+    async def _guard(self, scope, receive, send):
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
             return await _error(413, f"body over {self.limit} bytes")(scope, receive, send)
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.guards.body_timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                reason = f"the body did not arrive within {self.guards.body_timeout_s:g} s"
+                return await _error(408, reason)(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -138,9 +271,10 @@ class BodyGuard:
         return await self.app(scope, replay, send)
 
 
-def install_guards(app: FastAPI) -> None:
-    """The body guard and the JSON error handlers above."""
-    app.add_middleware(BodyGuard)
+def install_guards(app: FastAPI, guards: Guards | None = None) -> None:
+    """The body guard, the JSON route class and the JSON error handlers above."""
+    app.router.route_class = JsonRoute
+    app.add_middleware(BodyGuard, guards=guards)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

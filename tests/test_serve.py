@@ -1,7 +1,8 @@
 """The Serve app over real HTTP: every endpoint's happy path, every bad input, overload.
 
 One module-scoped app on a free loopback port (shipped checkpoints, serve/config.yaml with a
-small compressor queue so that overload is reachable), called with httpx.
+small compressor queue so that overload is reachable), called with httpx. Load, stalled
+clients and health under overload: tests/test_http_load.py.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from validator_actors.codebook import load_codebook
 from validator_actors.jobspec import expand, jobspec_hash
 
 TIMEOUT = httpx.Timeout(60.0)
-# a small compressor queue (4 running + 4 waiting) makes overload reachable in the test
-SMALL_QUEUE = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 4,
-               "max_queued_requests": 4, "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}
+# a small compressor queue (8 intents admitted) makes overload reachable in the test
+SMALL_QUEUE = {"compressor_queue": 8}
 
 
 def free_port() -> int:
@@ -45,8 +45,8 @@ def url(ray_local):
     port = free_port()
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    serve.run(compose(cfg["args"], {**cfg["options"], "Compressor": SMALL_QUEUE}),
-              name="tinycompress", route_prefix="/", blocking=False)
+    args = {**cfg["args"], "limits": {**cfg["args"]["limits"], **SMALL_QUEUE}}
+    serve.run(compose(args, cfg["options"]), name="tinycompress", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -119,13 +119,15 @@ def assert_error(r: httpx.Response, status: int, *words: str) -> None:
 
 
 def test_compress_returns_a_valid_faithful_program(client, examples):
+    default = client.get("/version").json()["compressor"]["max_candidates"]
     matched = 0
-    for intent, ref in examples[:5]:
-        r = client.post("/compress", json={"intent": intent})
+    for n, (intent, ref) in enumerate(examples[:5]):
+        k = None if n % 2 else 4  # the configured default (greedy) and four candidates
+        r = client.post("/compress", json={"intent": intent, **({"max_candidates": k} if k else {})})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["valid"] and body["report"]["valid"] and body["source"] in ("model", "fallback")
-        assert body["candidates"] == 4 and 0 <= body["valid_candidates"] <= 4
+        assert body["candidates"] == (k or default) and 0 <= body["valid_candidates"] <= body["candidates"]
         assert 0 < body["confidence"] <= 1 and body["latency_ms"] > 0
         assert body["compression"] == pytest.approx(1 - body["tokens"] / body["intent_tokens"], abs=1e-4)
         assert body["tokens"] < body["intent_tokens"]
@@ -206,13 +208,16 @@ def test_similarity_of_an_image_with_itself_is_one(client):
 
 def test_health_version_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["queues"]["compressor"]["limit"] == SMALL_QUEUE["compressor_queue"]
     v = client.get("/version").json()
     assert v["compressor"]["policy"] == "10m" and len(v["compressor"]["weights_sha256"]) == 12
     assert v["encoder"]["latent_dim"] == 64 and v["limits"]["max_intent_chars"] == 2000
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/compress", "/compress/batch", "/expand", "/validate", "/encode", "/decode",
-            "/similarity", "/healthz", "/version"} <= set(paths)
+            "/similarity", "/healthz", "/readyz", "/version"} <= set(paths)
+    assert "CompressRequest" in str(paths["/compress"]["post"]["requestBody"])  # the body schema is documented
 
 
 # ------------------------------------------------------------------ bad input
@@ -300,6 +305,29 @@ def test_programs_never_reach_the_filesystem(client, tmp_path):
     assert not v["valid"] and v["errors"][0]["code"] == "UNKNOWN_NUMBER"
 
 
+JSON_ENDPOINTS = ["/compress", "/compress/batch", "/expand", "/validate", "/encode", "/decode", "/similarity"]
+MALFORMED = [  # (body, status, a word of the reason)
+    (b"[" * 50_000 + b"]" * 50_000, 400, "deeper"),
+    (b'{"a": ' + b"[" * 17 + b"]" * 17 + b"}", 400, "deeper"),
+    (b'{"intent": ' + b"1" * 5000 + b"}", 400, "digits"),
+    (b'{"latent": [' + b", ".join([b"0"] * 20_001) + b"]}", 400, "values"),
+    (b'{"intent": "caf\xe9"}', 400, "utf-8"),
+    (b'{"intent": "open', 400, "malformed json"),
+    (b"\x00\xff\xfe garbage", 400, ""),
+    (b'"just a string"', 422, ""),
+    (b"null", 422, ""),
+    (b'{"intent": "x", "intent": 5}', 422, ""),
+]
+
+
+@pytest.mark.parametrize("path", JSON_ENDPOINTS)
+def test_every_malformed_body_is_a_4xx_on_every_endpoint(client, path):
+    for body, status, word in MALFORMED:
+        r = post_raw(client, path, body)
+        assert_error(r, status, *([word] if word else []))
+    assert_error(post_raw(client, path, b"{" * (4 * 2**20 + 1)), 413, "body")
+
+
 # ------------------------------------------------------------------ overload, then still alive
 
 
@@ -307,14 +335,14 @@ def test_overload_gets_429_with_retry_after_and_never_hangs(url, examples):
     async def flood() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as c:
             calls = [c.post("/compress", json={"intent": f"{examples[i % 8][0]} (request {i})",
-                                               "max_candidates": 1}) for i in range(40)]
+                                               "max_candidates": 4}) for i in range(40)]
             return await asyncio.wait_for(asyncio.gather(*calls), 120)
 
     t0 = time.monotonic()
     responses = asyncio.run(flood())
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, codes
-    assert codes.count(429) > 0 and codes.count(200) >= 8, codes
+    assert codes.count(429) > 0 and codes.count(200) >= SMALL_QUEUE["compressor_queue"], codes
     for r in responses:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1 and "queue" in r.json()["detail"]
@@ -347,8 +375,8 @@ def test_config_file_is_a_valid_serve_config():
     assert len(inspect.signature(builder).parameters) == 1  # Serve calls it with the args dict alone
     assert isinstance(builder(raw["applications"][0]["args"]), Application)
     cfg = load_config()
-    assert {"Ingress", "Compressor", "Encoder"} == set(cfg["options"])
-    assert cfg["options"]["Compressor"]["autoscaling_config"]["max_replicas"] >= 1
+    assert {"TinyCompress"} == set(cfg["options"])
+    assert cfg["options"]["TinyCompress"]["backpressure_config"]["status_code"] == 429
 
 
 def test_cli_has_a_serve_subcommand():

@@ -32,3 +32,63 @@ def test_shortest_form_keeps_the_meaning_and_never_lengthens(examples):
             assert short.validator.validate(y.program).hash == x.report["hash"]
     assert shorter >= 3, "the greedy programs spell out the default context or root on most intents"
     assert sum(y.report["hash"] == ref for y, (_, ref) in zip(b, examples)) >= 10
+
+
+# ------------------------------------------------------------------ the serving decoder
+
+
+@pytest.fixture(scope="module")
+def policy():
+    from learner.policy import load_policy
+    from serve.compressor import DEFAULT_COMPRESSOR
+
+    model, tok, _ = load_policy(DEFAULT_COMPRESSOR)
+    return model, tok
+
+
+def test_static_decoder_logits_equal_the_transformers_model(policy, examples):
+    import torch
+
+    from rollout.sampler import encode_prompts, left_pad
+    from serve.decode import Row, StaticDecoder
+
+    model, tok = policy
+    dec = StaticDecoder(model, tok, max_new_tokens=1)
+    intents = [i for i, _ in examples[:5]]  # different lengths: left padding is exercised
+    ids, attn = left_pad(encode_prompts(tok, intents, 192), tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    captured = {}
+    real_forward = dec._forward
+
+    def spy(*args):
+        captured.setdefault("logits", real_forward(*args))
+        return captured["logits"]
+
+    dec._forward = spy
+    dec.generate(intents, [Row(i) for i in range(len(intents))])
+    assert torch.allclose(captured["logits"], ref.float(), atol=1e-4), (captured["logits"] - ref).abs().max()
+
+
+def test_static_decoder_greedy_programs_equal_the_training_sampler(policy, examples):
+    from rollout.sampler import Sampler
+    from serve.decode import Row, StaticDecoder
+
+    model, tok = policy
+    intents = [i for i, _ in examples]
+    ref = Sampler(model, tok, max_new_tokens=96).sample(intents, 1, greedy=True).texts
+    dec = StaticDecoder(model, tok, max_new_tokens=96)
+    assert dec.texts(dec.generate(intents, [Row(i) for i in range(len(intents))])) == ref
+    # one intent alone decodes to the same program as inside the batch
+    assert dec.texts(dec.generate(intents[3:4], [Row(0)])) == ref[3:4]
+
+
+def test_sampled_candidates_depend_on_their_intent_only(examples):
+    comp = Compressor(CompressorConfig(cache_size=0, temperature=1.0))
+    intents = [i for i, _ in examples]
+    alone = comp.compress(intents[:1], k=6)[0]
+    batched = comp.compress(intents[5:8] + intents[:1], k=[2, 3, 1, 6])
+    assert batched[3].program == alone.program and batched[3].confidence == alone.confidence
+    assert [b.candidates for b in batched] == [2, 3, 1, 6]
+    greedy = comp.compress(intents[:1], k=1)[0]
+    assert greedy.valid and greedy.confidence == 1.0  # candidate 0 is always the greedy program

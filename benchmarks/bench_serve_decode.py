@@ -1,0 +1,97 @@
+"""The model hop alone, in process: GRPO's ``transformers`` sampler against the serving decoder.
+
+Same intents, same weights, one torch thread (as a replica runs), interleaved A B A B in
+``--rounds`` rounds after one dropped warm-up round; each figure is the median over rounds of
+the milliseconds per call. Batch 1 is what one client sees; batch 16 is what the replica decodes
+under load. ``k`` candidates per intent (k = 1 greedy; k > 1: greedy + k-1 sampled for the
+serving decoder, k sampled for the sampler). Also times the whole ``Compressor.compress`` (decode,
+validation, shortest form, choice) at batch 1.
+
+    python benchmarks/bench_serve_decode.py --out docs/bench/serve_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--calls", type=int, default=16, help="calls per case per round")
+    p.add_argument("--threads", default="1", help="torch threads to compare, e.g. 1,2")
+    p.add_argument("--out")
+    args = p.parse_args()
+
+    import torch
+
+    from rollout.sampler import Sampler
+    from serve.compressor import Compressor, CompressorConfig, candidate_generator
+    from serve.decode import Row, StaticDecoder
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_serve import intents
+
+    torch.set_num_threads(1)
+    comp = Compressor(CompressorConfig(cache_size=0))
+    model, tok = comp.model, comp.tok
+    sampler = Sampler(model, tok, max_new_tokens=96, temperature=0.7)
+    decoder = StaticDecoder(model, tok, max_new_tokens=96)
+    pool = intents(args.calls * 16 * (args.rounds + 1) * 2, seed=5)
+    at = 0
+
+    def take(n: int) -> list[str]:
+        nonlocal at
+        at += n
+        return pool[at - n:at]
+
+    def hf(texts: list[str], k: int):
+        return sampler.sample(texts, k, greedy=k == 1, generator=torch.Generator().manual_seed(0))
+
+    def ours(texts: list[str], k: int):
+        rows = [Row(i, None if j == 0 else candidate_generator(t, j)) for i, t in enumerate(texts) for j in range(k)]
+        return decoder.generate(texts, rows, temperature=0.7)
+
+    threads = [int(t) for t in args.threads.split(",")]
+    cases = [(name, fn, b, k, t) for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))
+             for name, fn in (("transformers sampler", hf), ("serving decoder", ours))]
+    cases += [("Compressor.compress (all of it)", lambda texts, k: comp.compress(texts, k), 1, 1, t) for t in threads]
+    figures: dict[tuple, list[float]] = {}
+    for r in range(args.rounds + 1):
+        for name, fn, b, k, t in cases:
+            torch.set_num_threads(t)
+            times = []
+            for _ in range(max(1, args.calls // b)):
+                texts = take(b) if b > 1 else take(1)
+                t0 = time.perf_counter()
+                fn(texts, k)
+                times.append((time.perf_counter() - t0) * 1000)
+            if r:  # round 0 warms up
+                figures.setdefault((name, b, k, t), []).append(statistics.median(times))
+    rows = [{"decoder": name, "batch": b, "k": k, "threads": t, "ms_per_call": round(statistics.median(v), 2),
+             "intents_per_s": round(1000 * b / statistics.median(v), 1)} for (name, b, k, t), v in figures.items()]
+    print("| decoder | batch | k | threads | ms per call | intents/s |\n|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['decoder']} | {row['batch']} | {row['k']} | {row['threads']} | {row['ms_per_call']} | "
+              f"{row['intents_per_s']} |")
+    ms = {key: statistics.median(v) for key, v in figures.items()}
+    speedups = {f"b={b} k={k} threads={t}": round(ms[("transformers sampler", b, k, t)] /
+                                                  ms[("serving decoder", b, k, t)], 2)
+                for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))}
+    print("sampler / serving decoder:", speedups, "load average:", os.getloadavg())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"command": "python " + " ".join(sys.argv), "rows": rows, "speedup": speedups,
+                       "loadavg": os.getloadavg()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

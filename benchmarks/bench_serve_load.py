@@ -1,0 +1,186 @@
+"""Load-shedding and stalled clients, over real HTTP: how fast excess requests are refused,
+whether health stays answerable, and what stalled connections cost other clients.
+
+One embedded Ray instance, the app as in serve/config.yaml. Clients come from distinct loopback
+addresses (127.0.1.x, 127.0.2.x, ...), as distinct machines would, so the per-client cap only
+applies where a case says so. Cases, in order:
+
+1. quiet: one steady client (sequential ``/compress`` of distinct intents, greedy, and
+   ``/healthz``) for ``--seconds``: its latency percentiles;
+2. overload: ``--burst`` clients send one ``/compress`` each at the same moment while a prober
+   calls ``/healthz`` every 10 ms: latency of the 429/503 answers and of ``/healthz``;
+3. stalled, one address: ``--stalled`` connections from one address send headers and half a
+   body, then nothing, while the steady client runs again;
+4. stalled, many addresses: the same from ``--stalled`` distinct addresses.
+
+    python benchmarks/bench_serve_load.py --out docs/bench/serve_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import httpx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import free_port, intents, quantile, wait_ready  # noqa: E402
+
+
+def address(i: int, block: int) -> str:
+    """The i-th loopback address of a block (127.<block>.x.y)."""
+    return f"127.{block}.{i // 250}.{i % 250 + 1}"
+
+
+def client(base: str, source: str, timeout: float = 60) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, timeout=timeout, transport=httpx.AsyncHTTPTransport(local_address=source))
+
+
+async def steady(base: str, texts: list[str], seconds: float) -> dict:
+    """One client, one request at a time: /compress and /healthz alternately."""
+    lat = {"compress": [], "healthz": []}
+    codes: dict[str, int] = {}
+    end = time.monotonic() + seconds
+    async with client(base, "127.0.0.9") as c:
+        while time.monotonic() < end and texts:
+            for kind in ("compress", "healthz"):
+                t0 = time.perf_counter()
+                try:
+                    r = await (c.post("/compress", json={"intent": texts.pop()}) if kind == "compress"
+                               else c.get("/healthz"))
+                    key = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                lat[kind].append((time.perf_counter() - t0) * 1000)
+                codes[key] = codes.get(key, 0) + 1
+    return {"codes": codes, **{f"{k}_{q}_ms": quantile(v, p) for k, v in lat.items()
+                               for q, p in (("p50", 0.5), ("p99", 0.99))}}
+
+
+async def overload(base: str, texts: list[str]) -> dict:
+    clients = [client(base, address(i, 1)) for i in range(len(texts))]
+    health: list[float] = []
+    stop = asyncio.Event()
+
+    async def one(c: httpx.AsyncClient, text: str):
+        t0 = time.perf_counter()
+        try:
+            r = await c.post("/compress", json={"intent": text})
+            key = r.status_code
+        except httpx.HTTPError as exc:
+            key = type(exc).__name__
+        return key, (time.perf_counter() - t0) * 1000
+
+    async def probe():
+        async with client(base, "127.0.0.8") as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = await c.get("/healthz")
+                health.append((time.perf_counter() - t0) * 1000 if r.status_code == 200 else float("inf"))
+                await asyncio.sleep(0.01)
+
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    answers = await asyncio.gather(*(one(c, t) for c, t in zip(clients, texts)))
+    seconds = time.perf_counter() - t0
+    stop.set()
+    await prober
+    for c in clients:
+        await c.aclose()
+    by: dict[str, list[float]] = {}
+    for key, ms in answers:
+        by.setdefault(str(key), []).append(ms)
+    return {"clients": len(texts), "seconds": round(seconds, 2),
+            "status": {k: {"n": len(v), "p50_ms": quantile(v, 0.5), "p99_ms": quantile(v, 0.99),
+                           "max_ms": round(max(v), 1)} for k, v in sorted(by.items())},
+            "healthz": {"n": len(health), "p50_ms": quantile(health, 0.5), "p99_ms": quantile(health, 0.99)}}
+
+
+async def stalled(base: str, sources: list[str], texts: list[str], seconds: float) -> dict:
+    """``len(sources)`` connections (one per source) that send headers and half a body."""
+    host, port = base.removeprefix("http://").split(":")
+    body = b'{"intent": "check contract rule 3 during the build, please, and nothing else at all"}'
+    head = (f"POST /compress HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode()
+    streams = []
+    for source in sources:
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+        writer.write(head + body[: len(body) // 2])
+        streams.append((reader, writer))
+    opened = time.monotonic()
+    others = await steady(base, texts, seconds)
+
+    async def status(reader: asyncio.StreamReader) -> str:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            return line.split()[1].decode() if line else "closed"
+        except (asyncio.TimeoutError, IndexError, ConnectionError):
+            return "no answer"
+
+    replies = await asyncio.gather(*(status(r) for r, _ in streams))
+    for _, writer in streams:
+        writer.close()
+    counts: dict[str, int] = {}
+    for code in replies:
+        counts[code] = counts.get(code, 0) + 1
+    return {"connections": len(sources), "seconds_held": round(time.monotonic() - opened, 1),
+            "stalled_got": counts, "other_client": others}
+
+
+async def run(base: str, args) -> dict:
+    texts = intents(args.burst + 4 * 400, seed=41)
+    pool = texts[args.burst:]
+    out = {"quiet": await steady(base, pool[:400], args.seconds)}
+    out["overload"] = await overload(base, texts[:args.burst])
+    await asyncio.sleep(2)
+    out["quiet again"] = await steady(base, pool[400:800], args.seconds)
+    out["stalled, one address"] = await stalled(base, ["127.0.0.2"] * args.stalled, pool[800:1200], args.seconds)
+    await asyncio.sleep(2)
+    out["stalled, many addresses"] = await stalled(base, [address(i, 2) for i in range(args.stalled)],
+                                                   pool[1200:1600], args.seconds)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--burst", type=int, default=400)
+    p.add_argument("--stalled", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=8.0, help="how long the steady client runs per case")
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--out")
+    args = p.parse_args()
+    import ray
+    from ray import serve
+
+    from serve.app import compose
+    from serve.cli import load_config
+
+    load_before = os.getloadavg()
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    cfg = load_config()
+    serve.start(http_options={**cfg["http"], "host": "127.0.0.1", "port": port})
+    serve.run(compose(cfg["args"], cfg["options"]), name="tinycompress", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        report = asyncio.run(run(base, args))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    report = {"command": "python " + " ".join(sys.argv),
+              "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], **report}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

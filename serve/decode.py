@@ -1,0 +1,170 @@
+"""The serving decode: programs for a batch of intents of different lengths, in plain torch.
+
+A Llama-style causal LM (``transformers.LlamaForCausalLM``, Touvron et al., 2023) run with
+its own weights but without the ``transformers`` generation machinery, whose per-step Python
+overhead (cache objects, mask building, output dataclasses) costs more than the arithmetic of a
+10M-parameter model on a CPU:
+
+- one preallocated (static) key/value cache per batch, written in place;
+- fused projections: q|k|v in one matmul, gate|up in one matmul;
+- RoPE tables computed once by the model's own rotary module;
+- prompts left-padded to one width and prefilled in one pass, positions counted from each
+  prompt's first real token (as ``rollout.sampler`` does), pad keys masked out;
+- each prompt's cache copied to its ``k`` candidate rows after the prefill (prefix sharing):
+  a prompt costs one prefill however many candidates it gets;
+- per row, greedy (argmax) or sampled: Gumbel-max over ``logits / T`` (top-p filtered) with
+  noise from the row's own generator, so that a row's tokens depend only on its seed, never on
+  which other intents share the batch.
+
+``rollout.sampler.Sampler`` (GRPO's sampler) stays the reference: the tests check that the
+greedy programs here are the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rollout.sampler import _top_p_filter, encode_prompts
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln_attn: torch.Tensor  # (C,)
+    qkv: torch.Tensor  # (C + 2 * C_kv, C)
+    out: torch.Tensor  # (C, C)
+    ln_mlp: torch.Tensor  # (C,)
+    gate_up: torch.Tensor  # (2 * I, C)
+    down: torch.Tensor  # (C, I)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate to decode: prompt index, and a generator (None = greedy)."""
+
+    prompt: int
+    generator: torch.Generator | None = None
+
+
+class StaticDecoder:
+    """Batched greedy/sampled decoding of a ``LlamaForCausalLM`` (fp32, CPU or one device)."""
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int = 96, max_prompt_len: int = 192):
+        cfg = model.config
+        self.tok, self.max_new_tokens, self.max_prompt_len = tokenizer, max_new_tokens, max_prompt_len
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.eps = cfg.rms_norm_eps
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        base = model.model
+        with torch.no_grad():
+            self.embed = model.get_input_embeddings().weight.detach().float()  # (V, C)
+            self.head = model.get_output_embeddings().weight.detach().float()  # (V, C)
+            self.ln_final = base.norm.weight.detach().float()
+            self.layers = [_Layer(
+                b.input_layernorm.weight.detach().float(),
+                torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight]).float(),
+                b.self_attn.o_proj.weight.detach().float(),
+                b.post_attention_layernorm.weight.detach().float(),
+                torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]).float(),
+                b.mlp.down_proj.weight.detach().float()) for b in base.layers]
+            positions = torch.arange(max_prompt_len + max_new_tokens)[None]
+            cos, sin = base.rotary_emb(self.embed[:1], positions)  # (1, P, D) each
+        self.cos, self.sin = cos[0].float(), sin[0].float()  # (P, D)
+
+    # ------------------------------------------------------------------ the model
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                 col: int, mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (N, V) after ``ids`` (N, T) at positions ``pos`` (N, T), whose keys and
+        values go to cache columns ``col .. col+T``; ``mask`` (N, 1, T, col+T) says which earlier
+        columns each query sees."""
+        n, t = ids.shape
+        c, ckv, h, hkv, d = self.embed.shape[1], self.kv_heads * self.head_dim, self.heads, self.kv_heads, self.head_dim
+        x = F.embedding(ids, self.embed)  # (N, T, C)
+        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (N, 1, T, D)
+        for layer, (keys, values) in zip(self.layers, cache):
+            qkv = F.linear(self._norm(x, layer.ln_attn), layer.qkv)  # (N, T, C + 2 C_kv)
+            q = self._rope(qkv[..., :c].view(n, t, h, d).transpose(1, 2), cos, sin)  # (N, H, T, D)
+            k = self._rope(qkv[..., c:c + ckv].view(n, t, hkv, d).transpose(1, 2), cos, sin)
+            keys[:, :, col:col + t] = k
+            values[:, :, col:col + t] = qkv[..., c + ckv:].view(n, t, hkv, d).transpose(1, 2)
+            att = F.scaled_dot_product_attention(q, keys[:, :, :col + t], values[:, :, :col + t], attn_mask=mask,
+                                                 enable_gqa=hkv != h)  # (N, H, T, D)
+            x = x + F.linear(att.transpose(1, 2).reshape(n, t, c), layer.out)
+            gate, up = F.linear(self._norm(x, layer.ln_mlp), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        return F.linear(self._norm(x[:, -1], self.ln_final), self.head)  # (N, V)
+
+    # ------------------------------------------------------------------ decoding
+
+    @torch.no_grad()
+    def generate(self, intents: list[str], rows: list[Row], *, temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[int]]:
+        """Token ids (without ``<eos>``) of each row's program; ``rows[i].prompt`` indexes ``intents``."""
+        if not rows:
+            return []
+        prompts = encode_prompts(self.tok, intents, self.max_prompt_len)
+        width = max(len(p) for p in prompts)
+        b, n = len(prompts), len(rows)
+        ids = torch.full((b, width), self.pad, dtype=torch.long)
+        valid = torch.zeros((b, width), dtype=torch.bool)  # real (not pad) prompt tokens
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):], valid[i, width - len(p):] = torch.tensor(p), True
+        pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        steps = min(self.max_new_tokens, self.cos.shape[0] - width)
+        cache = [(torch.empty(b, self.kv_heads, width + steps, self.head_dim),
+                  torch.empty(b, self.kv_heads, width + steps, self.head_dim)) for _ in self.layers]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]  # pad queries see self
+        logits = self._forward(ids, pos, cache, 0, mask[:, None])  # (B, V)
+        take = torch.tensor([r.prompt for r in rows])
+        if n != b or not torch.equal(take, torch.arange(b)):  # each prompt's cache to its candidate rows
+            cache = [(k.index_select(0, take), v.index_select(0, take)) for k, v in cache]
+            logits, valid, pos = logits[take], valid[take], pos[take]
+        seen = torch.cat([valid, torch.ones(n, steps, dtype=torch.bool)], dim=1)  # (N, P + steps)
+        next_pos = pos[:, -1:] + 1  # (N, 1)
+        tokens = torch.full((n, steps), self.eos, dtype=torch.long)
+        done = torch.zeros(n, dtype=torch.bool)
+        sampled = [i for i, r in enumerate(rows) if r.generator is not None]
+        for t in range(steps):
+            chosen = logits.argmax(-1)  # (N,)
+            if sampled:
+                chosen[sampled] = self._sample(logits[sampled], [rows[i].generator for i in sampled],
+                                               temperature, top_p)
+            chosen = chosen.masked_fill(done, self.eos)
+            tokens[:, t] = chosen
+            done |= chosen == self.eos
+            if bool(done.all()) or t + 1 == steps:
+                break
+            logits = self._forward(chosen[:, None], next_pos, cache, width + t,
+                                   seen[:, None, None, :width + t + 1])
+            next_pos = next_pos + 1
+        out = []
+        for row in tokens.tolist():
+            out.append(row[:row.index(self.eos)] if self.eos in row else row)
+        return out
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: float,
+                top_p: float) -> torch.Tensor:
+        """Gumbel-max draws from softmax(logits / T), top-p filtered; row i uses ``generators[i]``."""
+        scaled = logits / temperature
+        if top_p < 1:
+            scaled = _top_p_filter(scaled, top_p)
+        noise = torch.stack([torch.rand(scaled.shape[-1], generator=g) for g in generators])  # (R, V)
+        gumbel = -torch.log(-torch.log(noise.clamp(1e-10, 1 - 1e-7)))
+        return (scaled + gumbel).argmax(-1)
+
+    def texts(self, ids: list[list[int]]) -> list[str]:
+        return [t.strip() for t in self.tok.batch_decode(ids, skip_special_tokens=True)]
