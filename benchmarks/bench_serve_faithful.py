@@ -104,7 +104,7 @@ def mutated(rows: list[dict], seed: int = 0) -> tuple[list[dict], dict]:
                          "flag": bool(check(row["intent"], row["program"], v.cb))})
         for kind, program in mutate(row["program"], v.cb, rng).items():
             report = v.validate(program, row["reference_hash"])
-            if report.codes != ("HASH_MISMATCH",):  # invalid, or the same meaning after all
+            if report.codes != ["HASH_MISMATCH"]:  # invalid, or the same meaning after all
                 continue
             labelled.append({"wrong": True, "kind": kind, "flag": bool(check(row["intent"], program, v.cb))})
     for kind in sorted({x["kind"] for x in labelled}):

@@ -41,7 +41,7 @@ APP_ARGS = ("compressor", "encoder", "limits", "timeout_s")
 
 
 @serve.deployment(name="TinyCompress", ray_actor_options={"num_cpus": 1, "runtime_env": MODEL_ENV},
-                  max_ongoing_requests=1024, max_queued_requests=256,
+                  max_ongoing_requests=1024, max_queued_requests=1024,
                   backpressure_config={"status_code": 429, "retry_after_s": web.RETRY_AFTER_S},
                   user_config=BATCHING)
 @serve.ingress()
