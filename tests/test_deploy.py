@@ -449,9 +449,11 @@ def test_tune_job_fits_max_concurrent_trials():
 
 def serve_replicas(end: str) -> list[dict[str, float]]:
     """One request per Serve replica at the ``min`` or ``max`` end of autoscaling."""
+    from ray import serve
+
     from serve import app
 
-    defaults = {d.name: d for d in (app.Ingress, app.CompressorDeployment, app.EncoderDeployment)}
+    defaults = {d.name: d for d in vars(app).values() if isinstance(d, serve.Deployment)}
     (application,) = serve_config_v2()["applications"]
     requests = []
     for dep in application["deployments"]:
