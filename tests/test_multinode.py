@@ -70,6 +70,16 @@ def test_learner_resource_reaches_the_trials_learner_bundle():
     assert sum("learner" in b for b in trial_resources(trial, pinned, False).bundles) == 1
 
 
+def test_a_run_pinned_to_a_resource_no_node_offers_fails_at_start(ray_local, tiny_grpo, tmp_path):
+    """The embedded Ray has no custom resource: the learner would wait for one forever."""
+    from cluster.controller import GRPOController
+
+    cfg = RunConfig.from_dict({"model": {"preset": "tiny"},
+                               "train": {**TINY_TRAIN, "rollout_workers": 1, "learner_resource": "learner"}})
+    with pytest.raises(RuntimeError, match="train.learner_resource is 'learner' but no node of the cluster offers it"):
+        GRPOController(cfg, tiny_grpo / "data", tiny_grpo / "init", tmp_path / "run", log=lambda m: None)
+
+
 # ---- GRPO over three nodes, one lost mid-step ---------------------------------------------------
 
 @pytest.mark.slow
