@@ -1,4 +1,4 @@
-"""GRPO throughput on Ray, side by side in one run (issue 4).
+"""GRPO throughput on Ray, side by side in one run.
 
 1. Steps: samples/s and per-phase times (generate, score, update, sync) for 1 and 2 rollout
    workers, sync vs async, on the same config and warm start. Variants run in rounds, in

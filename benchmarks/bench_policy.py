@@ -1,4 +1,4 @@
-"""Policy benchmarks, side by side in one run (issue 3).
+"""Policy benchmarks, side by side in one run.
 
 1. Sampling: our KV-cache group sampler vs ``model.generate`` on the same B x G prompts
    (completion tokens/s, alternating runs, ratio).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-4 headline run (attempt 32 in docs/BENCHMARKS.md): GRPO from the shipped 10m warm start,
+# The guided headline run (attempt 32 in docs/BENCHMARKS.md): GRPO from the shipped 10m warm start,
 # one recipe (tune_configs/10m_full_sets.yaml's, self-imitation switched on at step 250), phases
 # that differ only in the prompt file, each resumed from the last one's checkpoint. About 90 min of
 # step time on a 2-core CPU machine; then the chosen checkpoint on val and test.
@@ -9,16 +9,16 @@
 #   PROMPTS_ONLY=1 bash benchmarks/grpo_10m_headline.sh   # build the four prompt folders (seconds)
 #
 # DATA must be a `tinycompress data --out DIR --n 10000 --seed 0` folder (the warm start's data).
-# The phases reproduce what was run in sessions 5 and 6, where runs were stopped and resumed at
-# these checkpoints; the samplers' RNG states are restored on each resume, but Ray scheduling is
-# not deterministic, so expect the same picture, not the same bytes.
+# The phases reproduce how the recorded run was stopped and resumed at these checkpoints; the
+# samplers' RNG states are restored on each resume, but Ray scheduling is not deterministic, so
+# expect the same picture, not the same bytes.
 set -euo pipefail
 
 DATA=${DATA:-data/default}
 RUN=${RUN:-runs/grpo_10m_headline}
 INIT=${INIT:-serve/assets/compressor_10m}
 A=docs/bench/grpo_attempts
-PROMPTS=$RUN/prompts
+PROMPTS=${PROMPTS:-${RUN}_prompts}    # beside the run folder: train refuses a non-empty new run folder
 TC=${TC:-tinycompress}
 
 run() { echo "+ $*" >&2; [[ -n "${DRY:-}" ]] || "$@"; }

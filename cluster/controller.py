@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +127,9 @@ class GRPOController:
         tmp = self.out / "checkpoints" / "latest.tmp"
         tmp.write_text(path.name)
         os.replace(tmp, self.out / "checkpoints" / "latest")  # atomic: a kill leaves the old one
+        if self.t.keep_checkpoints:  # the newest ones only, once the pointer names the new one
+            for old in sorted(path.parent.glob("step_*"))[:-self.t.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
         return path
 
     def _restore(self, path: Path) -> None:
@@ -138,7 +142,13 @@ class GRPOController:
                  if f"worker{i}" in rngs], timeout=TIMEOUT_S)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop lines of steps after the checkpoint: they will be redone
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            kept = []
+            for n, line in enumerate(metrics.read_text().splitlines(), 1):
+                try:
+                    if json.loads(line)["step"] <= self.step:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):  # torn by a kill mid-write
+                    self.log(f"[grpo] warning: dropped unreadable line {n} of {metrics}: {line[:80]!r}")
             metrics.write_text("".join(line + "\n" for line in kept))
         self.log(f"[grpo] resumed from {path} at step {self.step}, policy version {version}")
 
@@ -162,20 +172,23 @@ class GRPOController:
     def collect(self, rows: list[dict], refs: list) -> RolloutBatch:
         """Wait for every shard; a shard whose worker died is regenerated on a replacement."""
         per = len(rows) // len(self.workers)
-        shards = []
-        for i, ref in enumerate(refs):
-            for attempt in range(3):
-                try:
-                    shards.append(ray.get(ref, timeout=TIMEOUT_S))
-                    break
-                except RayActorError as e:
-                    if attempt == 2:
-                        raise
-                    self.log(f"[grpo] rollout worker {i} died ({type(e).__name__}); restarting it")
-                    self.workers[i] = self._restart_worker(i)
-                    ref = self.workers[i].generate.remote(
-                        [r["intent"] for r in rows[i * per : (i + 1) * per]], self.t.group_size)
-        return merge_rollouts(shards)
+        return merge_rollouts([
+            self._get(i, ref, lambda w, i=i: w.generate.remote(
+                [r["intent"] for r in rows[i * per : (i + 1) * per]], self.t.group_size), "generation")
+            for i, ref in enumerate(refs)])
+
+    def _get(self, i: int, ref, call: Callable, what: str):
+        """``ray.get(ref)`` of a call on rollout worker ``i``; if the worker died, it is replaced
+        (with the learner's newest weights) and ``call(worker)`` is made again, up to 3 tries."""
+        for attempt in range(3):
+            try:
+                return ray.get(ref, timeout=TIMEOUT_S)
+            except RayActorError as e:
+                if attempt == 2:
+                    raise
+                self.log(f"[grpo] rollout worker {i} died during {what} ({type(e).__name__}); restarting it")
+                self.workers[i] = self._restart_worker(i)
+                ref = call(self.workers[i])
 
     def _restart_worker(self, i: int):
         ray.kill(self.workers[i])
@@ -241,7 +254,9 @@ class GRPOController:
         return min(versions, default=None)
 
     def evaluate(self) -> dict:
-        texts = ray.get(self.workers[0].greedy.remote([r["intent"] for r in self.val_rows]), timeout=TIMEOUT_S)
+        """Greedy on the val intents (worker 0; replaced and asked again if it dies)."""
+        greedy = lambda w: w.greedy.remote([r["intent"] for r in self.val_rows])  # noqa: E731
+        texts = self._get(0, greedy(self.workers[0]), greedy, "evaluation")
         scores = score([r["intent"] for r in self.val_rows], texts, [r["reference_hash"] for r in self.val_rows],
                        validator=self.validator, token_counter=self.counter)
         n = len(scores)

@@ -12,17 +12,33 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
+    from learner.config import RunConfig
+    from learner.policy import check_init
+    from validator_actors.cli_args import UsageError, fresh_run_dir, need_checkpoint, need_data
+
+    # every check before Ray starts: the config, the data, the warm start, the run folder
+    sets = list(args.set) + ([f"train.steps={args.max_steps}"] if args.max_steps is not None else [])
+    try:
+        cfg = RunConfig.from_yaml(args.config, sets)
+    except ValueError as e:
+        raise UsageError(f"bad config: {e}") from None
+    need_data(args.data, "val.parquet", f"{cfg.train.split}.parquet")
+    if not args.resume:
+        need_checkpoint(args.init, "--init")
+        try:
+            check_init(args.init, cfg.model.policy)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    fresh_run_dir(args.out, args.resume, args.overwrite, "checkpoints/latest")
+    return _run(cfg, args)
+
+
+def _run(cfg, args: argparse.Namespace) -> int:
     import ray
 
     from cluster.controller import GRPOController
     from cluster.runtime import init_ray
-    from learner.config import RunConfig
 
-    try:  # a bad config fails here, before any Ray process starts
-        cfg = RunConfig.from_yaml(args.config)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"tinycompress train: bad config: {e}", file=sys.stderr)
-        return 2
     init_ray()
     try:
         ctl = GRPOController(cfg, args.data, args.init, args.out, resume=args.resume,
@@ -36,10 +52,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from validator_actors.cli_args import count
+
     p = sub.add_parser("train", help="GRPO training on Ray from a warm-start checkpoint")
     p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
     p.add_argument("--init", required=True, help="warm-start checkpoint (e.g. serve/assets/compressor_10m)")
     p.add_argument("--out", required=True, help="run folder: metrics.jsonl, best/, checkpoints/, config.yaml")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/latest")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first (a new run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="override one config value (repeatable), e.g. --set grpo.lr=5e-5; checked like the file")
+    p.add_argument("--max-steps", type=count(1), default=None, help="override train.steps")
     p.set_defaults(func=_train)

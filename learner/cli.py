@@ -8,13 +8,33 @@ import json
 import sys
 
 
-def _sft(args: argparse.Namespace) -> int:
+def _config(path: str, sets: list[str]):
     from learner.config import RunConfig
+    from validator_actors.cli_args import UsageError
+
+    try:
+        return RunConfig.from_yaml(path, sets)
+    except ValueError as e:
+        raise UsageError(f"bad config: {e}") from None
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from validator_actors.cli_args import UsageError, fresh_run_dir, need_checkpoint, need_data
+
+    sets = list(args.set) + ([f"sft.max_steps={args.max_steps}"] if args.max_steps is not None else [])
+    cfg = _config(args.config, sets)
+    need_data(args.data, "train.parquet", "val.parquet")
+    if args.init:
+        from learner.policy import check_init
+
+        need_checkpoint(args.init, "--init")
+        try:
+            check_init(args.init, cfg.model.policy)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    fresh_run_dir(args.out, False, args.overwrite, "")
     from learner.sft import SFTTrainer
 
-    cfg = RunConfig.from_yaml(args.config)
-    if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, max_steps=args.max_steps))
     trainer = SFTTrainer(cfg, args.data, args.out, device=args.device, init=args.init,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     result = trainer.fit()
@@ -28,7 +48,10 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from learner.evaluate import evaluate_checkpoint
+    from validator_actors.cli_args import need_checkpoint, need_data
 
+    need_checkpoint(args.checkpoint, "--checkpoint")
+    need_data(args.data, f"{args.split}.parquet")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, limit=args.limit,
@@ -60,12 +83,18 @@ def _report(args: argparse.Namespace) -> int:
     import torch
 
     from learner.report import build_report, parse_arm, parse_recorded
+    from validator_actors.cli_args import UsageError, need_data
 
+    need_data(args.data, "test.parquet", "heldout.parquet")
+    try:
+        arms = [parse_arm(a) for a in args.arm]
+        recorded = [parse_recorded(r) for r in args.recorded]
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     report = build_report(
-        args.data, [parse_arm(a) for a in args.arm], args.out,
-        recorded=[parse_recorded(r) for r in args.recorded],
+        args.data, arms, args.out, recorded=recorded,
         runs=[tuple(r.split("=", 1)) for r in args.run], markdown=args.markdown, limit=args.limit,
         throughput_batch=args.batch, target_params=args.target_params,
         command=_report_command(args), log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -75,12 +104,17 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from validator_actors.cli_args import count, device
+
     p = sub.add_parser("sft", help="supervised warm start of a policy preset")
     p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
     p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
     p.add_argument("--out", required=True, help="checkpoint folder (the best one is kept)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--max-steps", type=int, default=None, help="override sft.max_steps")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--max-steps", type=count(1), default=None, help="override sft.max_steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="override one config value (repeatable), e.g. --set sft.lr=3e-4; checked like the file")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same preset and tokenizer), e.g. "
                         "serve/assets/compressor_10m, instead of a fresh initialization")
@@ -89,10 +123,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "heldout"])
-    p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
-    p.add_argument("--batch", type=int, default=64, help="batch size for the throughput figure")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--limit", type=count(0), default=0, help="first N rows only (0 = all)")
+    p.add_argument("--batch", type=count(1), default=64, help="batch size for the throughput figure")
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=count(0), default=1,
                    help="torch CPU threads (0 = torch's default); 1 measured fastest at batch 1 here")
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=_eval)
@@ -109,9 +143,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a further run folder whose learning curve to draw")
     p.add_argument("--out", required=True, help="folder for report.json, results.parquet, figures/")
     p.add_argument("--markdown", default=None, help="write the Markdown here (default OUT/report.md)")
-    p.add_argument("--limit", type=int, default=0, help="first N rows of each split only (0 = all)")
-    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput figure")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--limit", type=count(0), default=0, help="first N rows of each split only (0 = all)")
+    p.add_argument("--batch", type=count(1), default=32, help="batch size of the throughput figure")
+    p.add_argument("--threads", type=count(0), default=1, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--target-params", type=float, default=5e8,
                    help="the larger model the ROI section extrapolates to (default 0.5B)")
     p.set_defaults(func=_report)

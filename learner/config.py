@@ -6,6 +6,8 @@ An unknown key, a wrong type or an impossible value is an error at start that na
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 import types
@@ -18,6 +20,7 @@ import yaml
 from learner.grpo_learner import GRPOConfig
 from learner.policy import PRESETS, PolicyConfig
 from rollout.rewrite import REWRITE_FORMS
+from validator_actors.cli_args import yaml_error
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,14 @@ class SFTConfig:
         checks = [
             (self.lr > 0, "sft.lr must be > 0"),
             (0 <= self.min_lr_ratio <= 1, "sft.min_lr_ratio must be in [0, 1]"),
+            (self.warmup_steps >= 0, "sft.warmup_steps must be >= 0"),
+            (self.weight_decay >= 0, "sft.weight_decay must be >= 0"),
             (self.batch_size >= 1, "sft.batch_size must be >= 1"),
+            (self.max_steps >= 0, "sft.max_steps must be >= 0 (0 = no cap)"),
+            (self.patience >= 0, "sft.patience must be >= 0 (0 = never stop early)"),
+            (self.grad_clip > 0, "sft.grad_clip must be > 0"),
+            (self.num_threads >= 0, "sft.num_threads must be >= 0 (0 = every core)"),
+            (self.max_new_tokens >= 1, "sft.max_new_tokens must be >= 1"),
             (self.epochs > 0, "sft.epochs must be > 0"),
             (self.eval_every >= 1, "sft.eval_every must be >= 1"),
             (self.eval_samples >= 1, "sft.eval_samples must be >= 1"),
@@ -127,6 +137,8 @@ class TrainConfig:
     """Val intents in each evaluation."""
     checkpoint_every: int = 25
     """Steps between resumable checkpoints (policy, optimizer, RNG, data position, version)."""
+    keep_checkpoints: int = 3
+    """Resumable checkpoints kept, the newest (0 = every one); ``best/`` is kept apart."""
     seed: int = 0
     """Seed for the data order and sampling."""
     mode: str = "sync"
@@ -230,6 +242,8 @@ class TrainConfig:
                              f"got {self.learner_cpus}, {self.worker_cpus}, {self.validator_cpus})")
         for name in ("rollout_resource", "learner_resource"):
             _check_resource_name(f"train.{name}", getattr(self, name))
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"train.keep_checkpoints must be >= 0 (0 = keep every one), got {self.keep_checkpoints}")
         if min(self.steps, self.eval_every, self.eval_samples, self.checkpoint_every) < 1:
             raise ValueError("train.steps, eval_every, eval_samples and checkpoint_every must be >= 1")
 
@@ -262,12 +276,19 @@ class RunConfig:
         return _build(cls, raw or {}, "")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> RunConfig:
+    def from_yaml(cls, path: str | Path, overrides: typing.Iterable[str] = ()) -> RunConfig:
+        """The config in ``path``, with ``overrides`` (``key.sub=value``, the value read as YAML)
+        applied before it is checked. Every error is a ValueError naming the file or override."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config {path} not found (presets live in tune_configs/)")
+        if not path.is_file():
+            raise ValueError(f"config {path} not found (presets live in tune_configs/)")
         try:
-            return cls.from_dict(yaml.safe_load(path.read_text()))
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(yaml_error(path, e)) from None
+        try:
+            raw = apply_overrides(raw if raw is not None else {}, overrides)
+            return cls.from_dict(raw)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
 
@@ -276,6 +297,33 @@ class RunConfig:
         if path is not None:
             Path(path).write_text(text)
         return text
+
+
+def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    """``raw`` with each ``key.sub=value`` set (the value parsed as YAML: ``2``, ``1e-4``,
+    ``true``, ``null``, ``[1, 2]``); the result is checked by the config like the file."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"config must be a mapping, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected key.sub=value, e.g. train.steps=2")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; a number is meant
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return raw
 
 
 def _check_type(value, hint, key: str):

@@ -163,6 +163,19 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", trainable_
     return model.to(device).eval(), tokenizer, meta
 
 
+def check_init(path: str | Path, policy: PolicyConfig, flag: str = "--init") -> None:
+    """Raise ValueError unless the checkpoint at ``path`` holds ``policy`` (the config's preset
+    and encoding): continuing a checkpoint never silently changes the model's shape."""
+    from dataclasses import asdict
+
+    saved = json.loads((Path(path) / META_FILE).read_text()).get("policy") or {}
+    if saved != asdict(policy):
+        differ = sorted(k for k in set(saved) | set(asdict(policy)) if saved.get(k) != asdict(policy).get(k))
+        raise ValueError(f"{flag} {path}: the checkpoint holds the {saved.get('name', 'unknown')} policy, the "
+                         f"config asks for {policy.name} ({', '.join(differ)} differ); set model.preset and "
+                         "model.d_enc to match the checkpoint")
+
+
 def policy_config_from_meta(meta: dict) -> PolicyConfig:
     return PolicyConfig(**meta["policy"])
 

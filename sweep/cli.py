@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from validator_actors.cli_args import UsageError, need_data, yaml_error
+
 EXPERIMENT = "trials"
 
 
@@ -23,17 +25,17 @@ def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: 
     import ray
     from ray import tune
 
-    from sweep.space import load_sweep
     from sweep.trial import TrialSetup, mean_intent_tokens
     from sweep.warm_start import prepare_warm_starts
 
-    sweep = load_sweep(config, smoke=smoke)  # every point checked before Ray starts
+    sweep = _load(config, smoke)  # every point checked before Ray starts
+    need_data(data_dir, "val.parquet")
     out = Path(out).resolve()
     experiment = out / EXPERIMENT
     if resume and not tune.Tuner.can_restore(experiment):
-        raise FileNotFoundError(f"--resume: no sweep to resume under {experiment}")
+        raise UsageError(f"--resume: no sweep to resume under {experiment}; drop --resume to start one")
     if not resume and experiment.exists():
-        raise FileExistsError(f"{experiment} exists: pass --resume to continue it, or another --out")
+        raise UsageError(f"--out {out}: {experiment} exists; pass --resume to continue it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir).resolve()
     samples = {sweep.trial_config(p, {}).train.eval_samples for p in sweep.presets}
@@ -44,6 +46,20 @@ def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: 
         return _fit(setup, out, resume, log)
     finally:
         ray.shutdown()
+
+
+def _load(config: str | Path, smoke: bool):
+    """The sweep file, checked; any error in it is a UsageError naming the file and key."""
+    import yaml
+
+    from sweep.space import SweepConfigError, load_sweep
+
+    try:
+        return load_sweep(config, smoke=smoke)
+    except yaml.YAMLError as e:
+        raise UsageError(f"bad sweep file: {yaml_error(config, e)}") from None
+    except (SweepConfigError, ValueError, TypeError, FileNotFoundError) as e:
+        raise UsageError(f"bad sweep file: {e}") from None
 
 
 def _init_ray(sweep, log) -> None:
@@ -82,9 +98,11 @@ def _fit(setup, out: Path, resume: bool, log) -> dict:
             trainable,
             param_space={"preset": tune.grid_search(presets),
                          "point": {k: d.to_tune() for k, d in sweep.search.items()}},
+            # the generator itself caps running trials (Tune's max_concurrent_trials only wraps a
+            # Searcher, and warns and does nothing for a variant generator)
             tune_config=tune.TuneConfig(metric="val_reward", mode="max", scheduler=scheduler,
-                                        search_alg=BasicVariantGenerator(random_state=t.seed),
-                                        max_concurrent_trials=t.max_concurrent),
+                                        search_alg=BasicVariantGenerator(random_state=t.seed,
+                                                                         max_concurrent=t.max_concurrent)),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=str(out), verbose=1,
                 failure_config=tune.FailureConfig(max_failures=t.max_failures),
@@ -100,8 +118,11 @@ def _fit(setup, out: Path, resume: bool, log) -> dict:
 
 def _tune(args: argparse.Namespace) -> int:
     out = args.out or f"runs/tune_{Path(args.config).stem}{'_smoke' if args.smoke else ''}"
-    result = run_sweep(args.config, args.data, out, smoke=args.smoke, resume=args.resume,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's tables go to stderr: stdout is the JSON
+        result = run_sweep(args.config, args.data, out, smoke=args.smoke, resume=args.resume,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(result))
     return 0 if result["best"] else 1
 

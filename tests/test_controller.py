@@ -41,14 +41,14 @@ def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
     raw = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12, "beta": 0.04},
            "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
                      "validator_actors": 1, "max_new_tokens": 12, "eval_every": 50,
-                     "eval_samples": 2, "checkpoint_every": 1}}
+                     "eval_samples": 2, "checkpoint_every": 1, "keep_checkpoints": 2}}
     out = setup / "resumable"
     first = GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", out, log=lambda m: None)
     first.run()
     saved = json.loads((latest_checkpoint(out) / "state.json").read_text())
     assert saved["step"] == 2 and saved["position"] == 4
-    with open(out / "metrics.jsonl", "a") as fh:  # a step logged after the checkpoint, then a kill
-        fh.write(json.dumps({"step": 3}) + "\n")
+    with open(out / "metrics.jsonl", "a") as fh:  # a step logged after the checkpoint, then a kill mid-line
+        fh.write(json.dumps({"step": 3}) + "\n" + '{"step": 4, "loss": 0.')
     raw["train"]["steps"] = 3
     second = GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", out,
                             log=lambda m: None, resume=True)
@@ -59,6 +59,8 @@ def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
     assert [r["step"] for r in rows] == [1, 2, 3], "no step lost or repeated"
     assert rows[-1]["policy_version"] == 3 and second.position == 6
     assert rows[-1]["kl"] > 1e-6, "the KL reference is still the run's start, not the checkpoint resumed from"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["latest", "step_000002", "step_000003"], "train.keep_checkpoints: 2 keeps the newest two"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         GRPOController(RunConfig.from_dict(raw), setup / "data", setup / "init", setup / "empty",
                        log=lambda m: None, resume=True)
@@ -107,6 +109,22 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ctl.shutdown()
 
 
+def test_evaluation_survives_a_dead_rollout_worker(ray_local, setup):
+    """Worker 0 evaluates; killed before an evaluation, it is replaced with the learner's
+    weights and the evaluation is redone: the same figures as from the worker it replaced."""
+    from cluster.controller import GRPOController
+
+    ctl = GRPOController(_tiny(steps=1), setup / "data", setup / "init", setup / "eval_fault", log=lambda m: None)
+    ctl.train_step()
+    before = ctl.evaluate()
+    ray.kill(ctl.workers[0])
+    after = ctl.evaluate()
+    assert after == before, "greedy decoding of the same weights gives the same evaluation"
+    assert ctl.worker_restarts == 1
+    assert ray.get(ctl.workers[0].version.remote(), timeout=60) == 1, "the replacement holds the trained weights"
+    ctl.shutdown()
+
+
 @pytest.mark.parametrize("train, message", [
     ({"group_size": 1}, "train.group_size must be >= 2"),
     ({"prompts_per_step": 5, "rollout_workers": 2}, "must be divisible by train.rollout_workers"),
@@ -120,6 +138,7 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     ({"wrong_steps": True}, "train.wrong_steps needs grpo.unlikelihood > 0"),
     ({"imitate_best": True}, "train.imitate_best needs grpo.rewrite_nll > 0"),
     ({"worker_cpus": 0}, "train.learner_cpus, worker_cpus and validator_cpus must be > 0"),
+    ({"keep_checkpoints": -1}, "train.keep_checkpoints must be >= 0"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(tmp_path, capsys, train, message):
     import yaml
