@@ -19,19 +19,28 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
-PORT    ?= 8000
+# the demo's service port: a free one unless given (make demo PORT=8000)
+ifeq ($(origin PORT), undefined)
+PORT    := $(shell $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+endif
 URL     := http://127.0.0.1:$(PORT)
 CROP    := import io, sys, skimage.data; from PIL import Image; b = io.BytesIO(); \
            Image.fromarray(skimage.data.astronaut()[100:164, 100:164]).save(b, "PNG"); sys.stdout.buffer.write(b.getvalue())
 
 # ends by starting the HTTP service (docs/SERVE.md), calling /compress and /encode once, stopping it
 demo: $(STAMP)
+	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT))).close()' 2>/dev/null || \
+	  { echo "[demo] port $(PORT) is taken by another process: make demo PORT=<a free port>"; exit 1; }
 	$(BIN)/tinycompress demo --out $(DATA)
 	@echo "[demo] starting tinycompress serve on $(URL)"
 	@$(BIN)/tinycompress serve --port $(PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid' EXIT; \
-	for i in $$(seq 300); do curl -sf $(URL)/healthz >/dev/null && break; \
-	  kill -0 $$pid 2>/dev/null || { echo "[demo] the service did not start"; exit 1; }; sleep 0.5; done; \
+	for i in $$(seq 300); do \
+	  kill -0 $$pid 2>/dev/null || { echo "[demo] the service did not start"; exit 1; }; \
+	  curl -sf $(URL)/healthz >/dev/null && break; sleep 0.5; done; \
+	curl -sf $(URL)/version | $(BIN)/python -c 'import json, sys; assert "tinycompress" in json.load(sys.stdin)' || \
+	  { echo "[demo] $(URL) is not answered by tinycompress"; exit 1; }; \
+	kill -0 $$pid 2>/dev/null || { echo "[demo] the service stopped"; exit 1; }; \
 	echo "[demo] POST /compress"; \
 	curl -sSf $(URL)/compress -H 'content-type: application/json' \
 	  -d '{"intent": "Please check contract rule 3 while building, and make sure invariant 5 holds. Thanks!"}' \

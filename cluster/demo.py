@@ -83,13 +83,15 @@ def _grpo(data: Path, run: Path, steps: int, log) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from validator_actors.cli_args import count
+
     p = sub.add_parser("demo", help="run the main job end to end on the embedded default")
     p.add_argument("--out", default="data/default", help="data folder")
-    p.add_argument("--n", type=int, default=10000, help="intents in train+val+test")
+    p.add_argument("--n", type=count(30), default=10000, help="intents in train+val+test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rebuild", action="store_true", help="regenerate the data even if present")
-    p.add_argument("--model-rows", type=int, default=200,
+    p.add_argument("--model-rows", type=count(0), default=200,
                    help="test intents to run the shipped compressor on (0 = skip the model)")
-    p.add_argument("--grpo-steps", type=int, default=2, help="GRPO steps on an embedded Ray (0 = skip)")
+    p.add_argument("--grpo-steps", type=count(0), default=2, help="GRPO steps on an embedded Ray (0 = skip)")
     p.add_argument("--run", default="runs/demo_grpo", help="run folder of the GRPO steps")
     p.set_defaults(func=_demo)

@@ -55,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, limit=args.limit,
-                                 device=args.device, throughput_batch=args.batch)
+                                 device=args.device, throughput_batch=args.batch, progress=True)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -40,8 +40,8 @@ def throughput(sampler: Sampler, intents: list[str], batch: int) -> dict:
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "test", *,
                         limit: int = 0, device: str = "cpu", throughput_batch: int = 64,
-                        max_new_tokens: int = 96) -> dict:
-    """The JSON report of ``tinycompress eval``."""
+                        max_new_tokens: int = 96, progress: bool = False) -> dict:
+    """The JSON report of ``tinycompress eval`` (``progress``: bars on a terminal's stderr)."""
     model, tok, meta = load_policy(checkpoint, device=device)
     rows = read_split(data_dir, split).to_pylist()
     rows = rows[:limit] if limit else rows
@@ -51,7 +51,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     sampler = Sampler(model, tok, max_new_tokens=max_new_tokens)
     compress = lambda intent: sampler.sample([intent], 1, greedy=True).texts[0]  # noqa: E731
     compress(rows[0]["intent"])  # warm-up
-    model_figs = evaluate_compressor(compress, rows, counter, validator)
+    model_figs = evaluate_compressor(compress, rows, counter, validator, progress="model" if progress else None)
     intents = [r["intent"] for r in rows][: max(throughput_batch * 4, 256)]
     model_figs["throughput"] = throughput(sampler, intents, throughput_batch)
     model_figs["size_mb"] = checkpoint_size_mb(checkpoint)
@@ -61,5 +61,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         "checkpoint": str(checkpoint), "split": split, "device": device,
         "threads": torch.get_num_threads(), "policy": meta.get("policy", {}).get("name"),
         "model": model_figs,
-        "baseline": evaluate_compressor(base.compress, rows, counter, validator),
+        "baseline": evaluate_compressor(base.compress, rows, counter, validator,
+                                        progress="rule-based" if progress else None),
     }

@@ -147,11 +147,19 @@ class RuleBasedCompressor:
         return self._reprint(text, ir.canonical)
 
 
-def evaluate_compressor(compress, rows: list[dict], count_tokens, validator: Validator | None = None) -> dict:
-    """Pass rate, compression, program tokens, failures by code and latency for any compressor."""
+def evaluate_compressor(compress, rows: list[dict], count_tokens, validator: Validator | None = None,
+                        progress: str | None = None) -> dict:
+    """Pass rate, compression, program tokens, failures by code and latency for any compressor;
+    ``progress``: a bar on stderr with this label (shown on a terminal only)."""
     validator = validator or Validator()
     latencies, programs = [], []
-    for row in rows:
+    if progress:
+        from tqdm import tqdm
+
+        rows_iter = tqdm(rows, desc=progress, unit="intent", leave=False, disable=None)
+    else:
+        rows_iter = rows
+    for row in rows_iter:
         t0 = time.perf_counter()
         programs.append(compress(row["intent"]))
         latencies.append((time.perf_counter() - t0) * 1000)

@@ -54,7 +54,7 @@ def _baseline(args: argparse.Namespace) -> int:
     tok = load_bpe(f"{args.data}/tokenizer")
     base = RuleBasedCompressor()
     compress = base.compress_minimal if args.minimal else base.compress
-    result = evaluate_compressor(compress, rows, lambda t: count_tokens(tok, t))
+    result = evaluate_compressor(compress, rows, lambda t: count_tokens(tok, t), progress="rule-based")
     name = "rule-based, minimal form" if args.minimal else "rule-based"
     print(json.dumps({"compressor": name, "split": args.split} | result, indent=2))
     return 0

@@ -198,3 +198,22 @@ def test_overrides_parse_yaml_values_and_reject_bad_paths(tmp_path):
     assert raw == yaml.safe_load((CONFIGS / "tiny.yaml").read_text()), "the input mapping was changed"
     with pytest.raises(ValueError, match="is not a section"):
         apply_overrides(raw, ["train.steps.x=1"])
+
+
+def test_make_demo_takes_a_free_port_and_refuses_a_taken_one():
+    """``make demo`` serves on a free port unless PORT is given; a taken PORT stops it at once,
+    before any work, instead of calling whatever answers there."""
+    import re
+    import shutil
+    import socket
+
+    if shutil.which("make") is None or not (ROOT / ".venv" / ".installed").exists():
+        pytest.skip("needs make and the installed .venv")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        planned = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        chosen = {int(p) for p in re.findall(r"serve --port (\d+)", planned.stdout)}
+        assert len(chosen) == 1 and chosen != {port}, planned.stdout[-2000:]
+        proc = subprocess.run(["make", "demo", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and f"port {port} is taken" in proc.stdout
+    assert "tinycompress demo" not in proc.stdout, "the demo job started although its port was taken"
