@@ -109,22 +109,26 @@ async def load(base: str, method: str, path: str, bodies: list[dict], concurrenc
     return row
 
 
-def start(args) -> str:
+def start(num_cpus: int, apps: dict[str, bool]) -> str:
+    """Ray, Serve and the app of serve/config.yaml under each route prefix of ``apps`` (True:
+    batched as configured, False: ``max_batch_size: 1``); the base URL once all are ready."""
     import ray
     from ray import serve
 
     from serve.app import compose
     from serve.cli import load_config
 
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()
     cfg = load_config()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
-    serve.run(compose(cfg["args"], cfg["options"]), name="batched", route_prefix="/", blocking=False)
-    options = {name: {**opts, "user_config": NO_BATCH} for name, opts in cfg["options"].items()}
-    serve.run(compose(cfg["args"], options), name="nobatch", route_prefix="/nobatch", blocking=False)
+    serve.start(http_options={**cfg["http"], "host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    for prefix, batched in apps.items():
+        options = cfg["options"] if batched else {
+            name: {**opts, "user_config": NO_BATCH} for name, opts in cfg["options"].items()}
+        serve.run(compose(cfg["args"], options), name=prefix.strip("/") or "batched", route_prefix=prefix or "/",
+                  blocking=False)
     base = f"http://127.0.0.1:{port}"
-    for _, prefix in VARIANTS:
+    for prefix in apps:
         wait_ready(base + prefix)
     return base
 
@@ -172,7 +176,7 @@ async def one_round(base: str, bodies: Bodies, args) -> list[dict]:
     hops = [("GET", "/healthz", [{}] * args.c1),
             ("POST", "/expand", [{"json": {"program": "C3?&I5:audit>nightly"}}] * args.c1),
             ("POST", "/compress", [{"json": {"intent": bodies.texts[0]}}] * args.c1),  # cached after the 1st
-            ("POST", "/compress", bodies.compress(args.c1, max_candidates=4), 1)]
+            ("POST", "/compress", bodies.compress(args.c1, max_candidates=4))]
     for (method, path, batch), name in zip(hops, ("hop: no model", "hop: validator", "hop: cached answer",
                                                   "4 candidates")):
         rows.append({"variant": name, **await load(base, method, path, batch, 1)})
@@ -224,7 +228,7 @@ def main() -> int:
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args()
     load_before = os.getloadavg()
-    base = start(args)
+    base = start(args.num_cpus, {prefix: variant == "batched" for variant, prefix in VARIANTS})
     bodies = Bodies((args.rounds + 1) * 2 * (args.c1 + args.c32) + (args.rounds + 1) * args.c1 + 8)
     try:
         rounds = [asyncio.run(one_round(base, bodies, args)) for _ in range(args.rounds + 1)][1:]

@@ -27,6 +27,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=16, help="calls per case per round")
     p.add_argument("--threads", default="1", help="torch threads to compare, e.g. 1,2")
+    p.add_argument("--data", default="data/default")
+    p.add_argument("--accuracy", type=int, default=400, help="test and held-out rows for fp32 vs int8 (0: skip)")
     p.add_argument("--out")
     args = p.parse_args()
 
@@ -44,7 +46,8 @@ def main() -> int:
     model, tok = comp.model, comp.tok
     sampler = Sampler(model, tok, max_new_tokens=96, temperature=0.7)
     decoder = StaticDecoder(model, tok, max_new_tokens=96)
-    pool = intents(args.calls * 16 * (args.rounds + 1) * 2, seed=5)
+    decoder8 = StaticDecoder(model, tok, max_new_tokens=96, int8=True)
+    pool = intents(args.calls * 16 * (args.rounds + 1) * 8, seed=5)
     at = 0
 
     def take(n: int) -> list[str]:
@@ -55,13 +58,18 @@ def main() -> int:
     def hf(texts: list[str], k: int):
         return sampler.sample(texts, k, greedy=k == 1, generator=torch.Generator().manual_seed(0))
 
+    def rows(texts: list[str], k: int) -> list:
+        return [Row(i, None if j == 0 else candidate_generator(t, j)) for i, t in enumerate(texts) for j in range(k)]
+
     def ours(texts: list[str], k: int):
-        rows = [Row(i, None if j == 0 else candidate_generator(t, j)) for i, t in enumerate(texts) for j in range(k)]
-        return decoder.generate(texts, rows, temperature=0.7)
+        return decoder.generate(texts, rows(texts, k), temperature=0.7)
+
+    def ours8(texts: list[str], k: int):
+        return decoder8.generate(texts, rows(texts, k), temperature=0.7)
 
     threads = [int(t) for t in args.threads.split(",")]
     cases = [(name, fn, b, k, t) for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))
-             for name, fn in (("transformers sampler", hf), ("serving decoder", ours))]
+             for name, fn in (("transformers sampler", hf), ("serving decoder", ours), ("serving decoder int8", ours8))]
     cases += [("Compressor.compress (all of it)", lambda texts, k: comp.compress(texts, k), 1, 1, t) for t in threads]
     figures: dict[tuple, list[float]] = {}
     for r in range(args.rounds + 1):
@@ -82,15 +90,40 @@ def main() -> int:
         print(f"| {row['decoder']} | {row['batch']} | {row['k']} | {row['threads']} | {row['ms_per_call']} | "
               f"{row['intents_per_s']} |")
     ms = {key: statistics.median(v) for key, v in figures.items()}
-    speedups = {f"b={b} k={k} threads={t}": round(ms[("transformers sampler", b, k, t)] /
-                                                  ms[("serving decoder", b, k, t)], 2)
+    speedups = {f"{other} b={b} k={k} threads={t}": round(ms[("transformers sampler", b, k, t)] /
+                                                           ms[(other, b, k, t)], 2)
+                for other in ("serving decoder", "serving decoder int8")
                 for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))}
     print("sampler / serving decoder:", speedups, "load average:", os.getloadavg())
+    quality = accuracy(comp, decoder, decoder8, args.data, args.accuracy) if args.accuracy else None
+    print("greedy programs, fp32 against int8:", quality)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "rows": rows, "speedup": speedups,
-                       "loadavg": os.getloadavg()}, f, indent=2)
+                       "quality": quality, "loadavg": os.getloadavg()}, f, indent=2)
     return 0
+
+
+def accuracy(comp, fp32, int8, data: str, limit: int) -> dict:
+    """Greedy programs of both decoders on the first ``limit`` rows of test and held-out: how many
+    are the same, and how many mean the reference (its sha256)."""
+    import pyarrow.parquet as pq
+
+    from serve.decode import Row
+
+    out = {}
+    for split in ("test", "heldout"):
+        rows = pq.read_table(f"{data}/{split}.parquet", columns=["intent", "reference_hash"]).to_pylist()[:limit]
+        right, same = {"fp32": 0, "int8": 0}, 0
+        for at in range(0, len(rows), 16):
+            chunk = rows[at:at + 16]
+            texts = [r["intent"] for r in chunk]
+            a, b = (dec.texts(dec.generate(texts, [Row(i) for i in range(len(texts))])) for dec in (fp32, int8))
+            same += sum(x == y for x, y in zip(a, b))
+            for name, programs in (("fp32", a), ("int8", b)):
+                right[name] += sum(comp.validator.validate(p).hash == r["reference_hash"] for p, r in zip(programs, chunk))
+        out[split] = {"n": len(rows), "same_program": same, "right_fp32": right["fp32"], "right_int8": right["int8"]}
+    return out
 
 
 if __name__ == "__main__":

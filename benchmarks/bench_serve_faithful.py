@@ -142,10 +142,12 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=1000, help="held-out rows used")
     p.add_argument("--out")
     args = p.parse_args()
+    from serve.cli import load_config
     from serve.compressor import Compressor, CompressorConfig
 
     heldout, voices = load_rows(args.data, args.limit)
-    comp = Compressor(CompressorConfig(cache_size=0))
+    served_cfg = load_config()["args"].get("compressor") or {}  # as served (int8, ...), cache off
+    comp = Compressor(CompressorConfig(**{**served_cfg, "cache_size": 0}))
     report = {"command": "python " + " ".join(sys.argv), "loadavg_before": os.getloadavg()}
     for name, rows in (("heldout", heldout), ("voices", voices)):
         for k in (1, 4):

@@ -28,7 +28,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import free_port, intents, quantile, wait_ready  # noqa: E402
+from bench_serve import intents, quantile, start  # noqa: E402
 
 
 def address(i: int, block: int) -> str:
@@ -157,18 +157,9 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from serve.app import compose
-    from serve.cli import load_config
-
     load_before = os.getloadavg()
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    cfg = load_config()
-    serve.start(http_options={**cfg["http"], "host": "127.0.0.1", "port": port})
-    serve.run(compose(cfg["args"], cfg["options"]), name="tinycompress", route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{port}"
+    base = start(args.num_cpus, {"": True})
     try:
-        wait_ready(base)
         report = asyncio.run(run(base, args))
     finally:
         serve.shutdown()

@@ -47,6 +47,10 @@ class CompressorConfig:
     """Recent (intent, k) answers kept; 0 turns the cache off."""
     threads: int = 1
     """torch threads of the replica (intra-op): one per replica on a small, shared CPU."""
+    int8: bool = False
+    """Decode with int8 projection weights and dynamically quantized activations
+    (``serve.decode.Linear``): faster prefill on a CPU, the same greedy program on most intents
+    (docs/SERVE.md measures both)."""
     shortest_form: bool = True
     """Also consider each valid candidate's shortest equivalent form (``rollout.rewrite``:
     default context and output root left out, ``R*`` for full sets), kept only if the
@@ -113,7 +117,7 @@ class Compressor:
         torch.set_num_threads(self.cfg.threads)
         path = Path(self.cfg.checkpoint)
         self.model, self.tok, self.meta = load_policy(path, device="cpu")
-        self.decoder = StaticDecoder(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens)
+        self.decoder = StaticDecoder(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens, int8=self.cfg.int8)
         self.tools = ProgramTools(path)
         self.validator, self.count, self.baseline = self.tools.validator, self.tools.count, self.tools.baseline
         self._cache: OrderedDict[tuple[str, int], Compression] = OrderedDict()

@@ -30,14 +30,36 @@ import torch.nn.functional as F
 from rollout.sampler import _top_p_filter, encode_prompts
 
 
+class Linear:
+    """``x @ W.T`` (no bias): fp32, or int8 weights (per output channel) with dynamically
+    quantized activations (``torch.ops.quantized.linear_dynamic``, fbgemm/x86 on CPU)."""
+
+    def __init__(self, weight: torch.Tensor, int8: bool = False):
+        self.weight, self.packed = weight.detach().float().contiguous(), None
+        if int8:
+            import warnings
+
+            scales = (self.weight.abs().amax(dim=1) / 127).clamp(min=1e-8).double()
+            with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated (still supported)
+                warnings.simplefilter("ignore", UserWarning)
+                q = torch.quantize_per_channel(self.weight, scales, torch.zeros_like(scales, dtype=torch.long), 0,
+                                               torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(q, None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight)
+        return torch.ops.quantized.linear_dynamic(x, self.packed, True)
+
+
 @dataclass(frozen=True)
 class _Layer:
     ln_attn: torch.Tensor  # (C,)
-    qkv: torch.Tensor  # (C + 2 * C_kv, C)
-    out: torch.Tensor  # (C, C)
+    qkv: Linear  # (C + 2 * C_kv, C)
+    out: Linear  # (C, C)
     ln_mlp: torch.Tensor  # (C,)
-    gate_up: torch.Tensor  # (2 * I, C)
-    down: torch.Tensor  # (C, I)
+    gate_up: Linear  # (2 * I, C)
+    down: Linear  # (C, I)
 
 
 @dataclass(frozen=True)
@@ -49,9 +71,12 @@ class Row:
 
 
 class StaticDecoder:
-    """Batched greedy/sampled decoding of a ``LlamaForCausalLM`` (fp32, CPU or one device)."""
+    """Batched greedy/sampled decoding of a ``LlamaForCausalLM`` on the CPU: fp32, or with
+    ``int8`` the projections and the output layer in int8 (weights per channel, activations
+    quantized per call)."""
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int = 96, max_prompt_len: int = 192):
+    def __init__(self, model, tokenizer, *, max_new_tokens: int = 96, max_prompt_len: int = 192,
+                 int8: bool = False):
         cfg = model.config
         self.tok, self.max_new_tokens, self.max_prompt_len = tokenizer, max_new_tokens, max_prompt_len
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -61,15 +86,16 @@ class StaticDecoder:
         base = model.model
         with torch.no_grad():
             self.embed = model.get_input_embeddings().weight.detach().float()  # (V, C)
-            self.head = model.get_output_embeddings().weight.detach().float()  # (V, C)
+            self.head = Linear(model.get_output_embeddings().weight, int8)  # (V, C)
             self.ln_final = base.norm.weight.detach().float()
             self.layers = [_Layer(
                 b.input_layernorm.weight.detach().float(),
-                torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight]).float(),
-                b.self_attn.o_proj.weight.detach().float(),
+                Linear(torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight]),
+                       int8),
+                Linear(b.self_attn.o_proj.weight, int8),
                 b.post_attention_layernorm.weight.detach().float(),
-                torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]).float(),
-                b.mlp.down_proj.weight.detach().float()) for b in base.layers]
+                Linear(torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]), int8),
+                Linear(b.mlp.down_proj.weight, int8)) for b in base.layers]
             positions = torch.arange(max_prompt_len + max_new_tokens)[None]
             cos, sin = base.rotary_emb(self.embed[:1], positions)  # (1, P, D) each
         self.cos, self.sin = cos[0].float(), sin[0].float()  # (P, D)
@@ -85,75 +111,98 @@ class StaticDecoder:
         return x * cos + rotated * sin
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
-                 col: int, mask: torch.Tensor) -> torch.Tensor:
+                 col: int, mask: torch.Tensor, span: int | None = None) -> torch.Tensor:
         """Next-token logits (N, V) after ``ids`` (N, T) at positions ``pos`` (N, T), whose keys and
-        values go to cache columns ``col .. col+T``; ``mask`` (N, 1, T, col+T) says which earlier
-        columns each query sees."""
+        values go to cache columns ``col .. col+T``; the queries attend to cache columns
+        ``0 .. span`` (default: all), ``mask`` (N, 1, T, span) saying which."""
         n, t = ids.shape
         c, ckv, h, hkv, d = self.embed.shape[1], self.kv_heads * self.head_dim, self.heads, self.kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)  # (N, T, C)
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (N, 1, T, D)
         for layer, (keys, values) in zip(self.layers, cache):
-            qkv = F.linear(self._norm(x, layer.ln_attn), layer.qkv)  # (N, T, C + 2 C_kv)
+            qkv = layer.qkv(self._norm(x, layer.ln_attn))  # (N, T, C + 2 C_kv)
             q = self._rope(qkv[..., :c].view(n, t, h, d).transpose(1, 2), cos, sin)  # (N, H, T, D)
             k = self._rope(qkv[..., c:c + ckv].view(n, t, hkv, d).transpose(1, 2), cos, sin)
             keys[:, :, col:col + t] = k
             values[:, :, col:col + t] = qkv[..., c + ckv:].view(n, t, hkv, d).transpose(1, 2)
-            att = F.scaled_dot_product_attention(q, keys[:, :, :col + t], values[:, :, :col + t], attn_mask=mask,
-                                                 enable_gqa=hkv != h)  # (N, H, T, D)
-            x = x + F.linear(att.transpose(1, 2).reshape(n, t, c), layer.out)
-            gate, up = F.linear(self._norm(x, layer.ln_mlp), layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
-        return F.linear(self._norm(x[:, -1], self.ln_final), self.head)  # (N, V)
+            ks, vs = (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
+            att = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, enable_gqa=hkv != h)  # (N, H, T, D)
+            x = x + layer.out(att.transpose(1, 2).reshape(n, t, c))
+            gate, up = layer.gate_up(self._norm(x, layer.ln_mlp)).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        return self.head(self._norm(x[:, -1], self.ln_final))  # (N, V)
 
     # ------------------------------------------------------------------ decoding
 
     @torch.no_grad()
     def generate(self, intents: list[str], rows: list[Row], *, temperature: float = 1.0,
                  top_p: float = 1.0) -> list[list[int]]:
-        """Token ids (without ``<eos>``) of each row's program; ``rows[i].prompt`` indexes ``intents``."""
+        """Token ids (without ``<eos>``) of each row's program; ``rows[i].prompt`` indexes ``intents``.
+
+        The cache holds the prompt columns and a block of ``CHUNK`` generated columns, grown by
+        another block when full; attention always spans the whole (contiguous) cache, masked.
+        Rows that have finished are dropped from the cache once they are a quarter of those
+        still running, so a long sampled candidate does not keep the whole batch computing.
+        """
         if not rows:
             return []
         prompts = encode_prompts(self.tok, intents, self.max_prompt_len)
         width = max(len(p) for p in prompts)
         b, n = len(prompts), len(rows)
         ids = torch.full((b, width), self.pad, dtype=torch.long)
-        valid = torch.zeros((b, width), dtype=torch.bool)  # real (not pad) prompt tokens
+        seen = torch.zeros((b, width + self.CHUNK), dtype=torch.bool)  # columns a query may attend to
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):], valid[i, width - len(p):] = torch.tensor(p), True
-        pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        steps = min(self.max_new_tokens, self.cos.shape[0] - width)
-        cache = [(torch.empty(b, self.kv_heads, width + steps, self.head_dim),
-                  torch.empty(b, self.kv_heads, width + steps, self.head_dim)) for _ in self.layers]
+            ids[i, width - len(p):], seen[i, width - len(p):width] = torch.tensor(p), True
+        pos = (seen[:, :width].long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        cache = [(torch.zeros(b, self.kv_heads, width + self.CHUNK, self.head_dim),
+                  torch.zeros(b, self.kv_heads, width + self.CHUNK, self.head_dim)) for _ in self.layers]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
-        mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]  # pad queries see self
-        logits = self._forward(ids, pos, cache, 0, mask[:, None])  # (B, V)
+        mask = (causal[None] & seen[:, None, :width]) | torch.eye(width, dtype=torch.bool)[None]  # pad queries: self
+        logits = self._forward(ids, pos, cache, 0, mask[:, None], span=width)  # (B, V)
         take = torch.tensor([r.prompt for r in rows])
         if n != b or not torch.equal(take, torch.arange(b)):  # each prompt's cache to its candidate rows
             cache = [(k.index_select(0, take), v.index_select(0, take)) for k, v in cache]
-            logits, valid, pos = logits[take], valid[take], pos[take]
-        seen = torch.cat([valid, torch.ones(n, steps, dtype=torch.bool)], dim=1)  # (N, P + steps)
-        next_pos = pos[:, -1:] + 1  # (N, 1)
+            logits, seen, pos = logits[take], seen[take], pos[take]
+        steps = min(self.max_new_tokens, self.cos.shape[0] - width)
+        next_pos = pos[:, -1:] + 1  # (A, 1)
         tokens = torch.full((n, steps), self.eos, dtype=torch.long)
-        done = torch.zeros(n, dtype=torch.bool)
-        sampled = [i for i, r in enumerate(rows) if r.generator is not None]
+        active = torch.arange(n)  # rows of the batch still in the cache, in cache order
+        done = torch.zeros(n, dtype=torch.bool)  # per cache row
         for t in range(steps):
-            chosen = logits.argmax(-1)  # (N,)
-            if sampled:
-                chosen[sampled] = self._sample(logits[sampled], [rows[i].generator for i in sampled],
-                                               temperature, top_p)
+            chosen = self._choose(logits, [rows[r] for r in active.tolist()], temperature, top_p)
             chosen = chosen.masked_fill(done, self.eos)
-            tokens[:, t] = chosen
+            tokens[active, t] = chosen
             done |= chosen == self.eos
             if bool(done.all()) or t + 1 == steps:
                 break
-            logits = self._forward(chosen[:, None], next_pos, cache, width + t,
-                                   seen[:, None, None, :width + t + 1])
+            if 4 * int(done.sum()) >= len(active):  # drop the finished rows from the cache
+                keep = (~done).nonzero().squeeze(1)
+                cache = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in cache]
+                active, chosen, next_pos, seen, done = active[keep], chosen[keep], next_pos[keep], seen[keep], done[keep]
+            col = width + t
+            if col == cache[0][0].shape[2]:  # the generated block is full: add another
+                cache = [(self._grow(k), self._grow(v)) for k, v in cache]
+                seen = torch.cat([seen, torch.zeros(len(active), self.CHUNK, dtype=torch.bool)], dim=1)
+            seen[:, col] = True
+            logits = self._forward(chosen[:, None], next_pos, cache, col, seen[:, None, None, :])
             next_pos = next_pos + 1
         out = []
         for row in tokens.tolist():
             out.append(row[:row.index(self.eos)] if self.eos in row else row)
         return out
+
+    CHUNK = 16
+
+    def _grow(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(t.shape[0], t.shape[1], self.CHUNK, t.shape[3])], dim=2)
+
+    def _choose(self, logits: torch.Tensor, rows: list[Row], temperature: float, top_p: float) -> torch.Tensor:
+        """The next token of each cache row: argmax for greedy rows, a draw for the others."""
+        chosen = logits.argmax(-1)  # (A,)
+        sampled = [i for i, r in enumerate(rows) if r.generator is not None]
+        if sampled:
+            chosen[sampled] = self._sample(logits[sampled], [rows[i].generator for i in sampled], temperature, top_p)
+        return chosen
 
     @staticmethod
     def _sample(logits: torch.Tensor, generators: list[torch.Generator], temperature: float,

@@ -9,11 +9,11 @@ measures the figures of docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import httpx
 import pytest
+from test_serve import start_app
 
 LIMITS = {"compressor_queue": 16, "max_client_requests": 200, "body_timeout_s": 5.0}
 BURST = 200
@@ -24,33 +24,8 @@ STALLED_FROM = "127.0.0.2"  # another loopback address: another client to the pe
 def url(ray_local):
     from ray import serve
 
-    from serve.app import compose
-    from serve.cli import load_config
-
-    port = free_port()
-    cfg = load_config()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    args = {**cfg["args"], "limits": {**cfg["args"]["limits"], **LIMITS}}
-    serve.run(compose(args, cfg["options"]), name="tinycompress", route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("the app did not become ready in 180 s")
-    yield base
+    yield start_app(LIMITS)
     serve.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def intents(n: int) -> list[str]:

@@ -35,8 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def url(ray_local):
+def start_app(limits: dict) -> str:
+    """The app of serve/config.yaml with ``limits`` over its guards, on a free loopback port;
+    its base URL once /readyz answers (``serve.shutdown()`` stops it)."""
     from ray import serve
 
     from serve.app import compose
@@ -45,20 +46,25 @@ def url(ray_local):
     port = free_port()
     cfg = load_config()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
-    args = {**cfg["args"], "limits": {**cfg["args"]["limits"], **SMALL_QUEUE}}
+    args = {**cfg["args"], "limits": {**cfg["args"]["limits"], **limits}}
     serve.run(compose(args, cfg["options"]), name="tinycompress", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if httpx.get(base + "/healthz", timeout=5).status_code == 200:
-                break
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                return base
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    else:
-        pytest.fail("the app did not become healthy in 180 s")
-    yield base
+    pytest.fail("the app did not become ready in 180 s")
+
+
+@pytest.fixture(scope="module")
+def url(ray_local):
+    from ray import serve
+
+    yield start_app(SMALL_QUEUE)
     serve.shutdown()
 
 
