@@ -32,10 +32,10 @@ def _sft(args: argparse.Namespace) -> int:
             check_init(args.init, cfg.model.policy)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    fresh_run_dir(args.out, False, args.overwrite, "")
-    from learner.sft import SFTTrainer
+    from learner.sft import RESUME_DIR, SFTTrainer
 
-    trainer = SFTTrainer(cfg, args.data, args.out, device=args.device, init=args.init,
+    fresh_run_dir(args.out, args.resume, args.overwrite, f"{RESUME_DIR}/state.json")
+    trainer = SFTTrainer(cfg, args.data, args.out, device=args.device, init=args.init, resume=args.resume,
                          log=lambda m: print(m, file=sys.stderr, flush=True))
     result = trainer.fit()
     print(json.dumps({"out": args.out, "best_step": result.best_step,
@@ -115,6 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="override one config value (repeatable), e.g. --set sft.lr=3e-4; checked like the file")
     p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last evaluation (same config and data)")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same preset and tokenizer), e.g. "
                         "serve/assets/compressor_10m, instead of a fresh initialization")

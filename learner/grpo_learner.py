@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from learner.grpo import CREDITS, LOSS_TYPES, SCALES, group_advantages, grpo_loss, prefix_advantages
+from learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from learner.policy import FactorizedEmbedding
 from learner.scoring import full_sequence_logprobs, pack_groups, resolve_precision, shared_prefix_logprobs
 from rollout.rewrite import IMITATION_SPANS
@@ -219,23 +220,11 @@ class GRPOLearner:
 
     def optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """AdamW state as named tensors (for safetensors) plus JSON-able hyperparameters."""
-        names = [n for n, _ in self.model.named_parameters()]
-        sd = self.opt.state_dict()
-        tensors = {}
-        for idx, st in sd["state"].items():
-            for key, value in st.items():
-                tensors[f"{names[idx]}::{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1).clone() \
-                    if key == "step" else value.detach().cpu().contiguous()
-        return tensors, {"param_groups": sd["param_groups"], "version": self.version}
+        tensors, groups = optimizer_tensors(self.opt, self.model)
+        return tensors, {"param_groups": groups, "version": self.version}
 
     def load_optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        names = [n for n, _ in self.model.named_parameters()]
-        state: dict[int, dict] = {}
-        for idx, name in enumerate(names):
-            keys = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.split("::", 1)[0] == name}
-            if keys:
-                state[idx] = {k: (v.reshape(()) if k == "step" else v.to(self.device)) for k, v in keys.items()}
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_tensors(self.opt, self.model, tensors, meta["param_groups"], self.device)
         for group in self.opt.param_groups:  # the config's lr, not the saved one: a resume may lower it
             group["lr"] = self.cfg.lr
         self.version = int(meta["version"])

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.config import RunConfig
+from learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from learner.policy import build_policy, count_params, load_policy, save_policy
 from learner.scoring import resolve_precision
 from rollout.dataset import read_split
@@ -27,6 +29,8 @@ from validator_actors.forms import draw_form
 from validator_actors.validator import Validator
 
 IGNORE = -100
+RESUME_DIR = "resume"
+"""Under OUT: the state of the last evaluation, for ``tinycompress sft --resume``."""
 
 
 def build_examples(tokenizer, rows: list[dict], max_prompt_len: int,
@@ -112,11 +116,12 @@ class SFTTrainer:
     """Plain-class trainer; ``fit()`` runs the whole warm start and writes ``out``."""
 
     def __init__(self, cfg: RunConfig, data_dir: str | Path, out: str | Path, device=None, log=print,
-                 init: str | Path | None = None):
+                 init: str | Path | None = None, resume: bool = False):
         from transformers import AutoTokenizer
 
         self.cfg, self.s = cfg, cfg.sft
         self.data_dir, self.out, self.log, self.init = Path(data_dir), Path(out), log, init
+        self.resume = resume
         self.device = torch.device(device) if device else pick_device()
         if self.device.type == "cpu":
             torch.set_num_threads(self.s.num_threads or os.cpu_count() or 1)
@@ -216,21 +221,31 @@ class SFTTrainer:
         return {"val_loss": sum(losses) / len(self.val), "val_pass_rate": passed / len(rows)}
 
     def fit(self) -> SFTResult:
+        """Train to ``total_steps`` (or a plateau). With ``resume``, continue from ``OUT/resume/``,
+        the state saved at the last evaluation: the same batches, optimizer and schedule follow,
+        so the run ends as an uninterrupted one would."""
         from tqdm import tqdm
 
         res, rng, step = SFTResult(), random.Random(self.s.seed), 0
-        bad_evals, epoch = 0, 0
-        (self.out / "sft_log.jsonl").unlink(missing_ok=True)  # a new run starts a new log
-        t0 = self._t0 = time.perf_counter()
+        bad_evals, epoch, skip, elapsed = 0, 0, 0, 0.0
+        if self.resume:
+            step, bad_evals, epoch, skip, elapsed = self._restore(res, rng)
+        else:
+            (self.out / "sft_log.jsonl").unlink(missing_ok=True)  # a new run starts a new log
+        t0 = self._t0 = time.perf_counter() - elapsed
         self.log(f"[sft] {self.cfg.model.preset}: {count_params(self.model) / 1e6:.2f}M params, "
-                 f"{self.total_steps} steps, device {self.device}, bf16 {self.bf16}")
-        bar = tqdm(total=self.total_steps, desc="sft", unit="step", mininterval=5)
+                 f"{self.total_steps} steps, device {self.device}, bf16 {self.bf16}"
+                 + (f", resumed at step {step}" if self.resume else ""))
+        bar = tqdm(total=self.total_steps, initial=step, desc="sft", unit="step", mininterval=5)
         while step < self.total_steps and not res.stopped_early:
             if self.s.target == "forms" and epoch > 0:  # a new form of every program each epoch
                 self.train = form_examples(self.tok, self._train_prompts(), self.train_rows,
                                            random.Random(f"{self.s.seed}/{epoch}"), self.s.forms_shuffle)
             epoch += 1
-            for batch in batches(self.train, self.s.batch_size, rng):
+            epoch_rng = rng.getstate()  # the batch order of this epoch, drawn lazily from here
+            for k, batch in enumerate(batches(self.train, self.s.batch_size, rng), 1):
+                if k <= skip:  # resumed: these batches were trained on before the stop
+                    continue
                 coll = collate(batch, self.tok.pad_token_id)
                 loss = self.step(coll)
                 step += 1
@@ -241,12 +256,57 @@ class SFTTrainer:
                     bad_evals = self._checkpoint_if_best(step, loss, res, bad_evals)
                     if self.s.patience and bad_evals >= self.s.patience:
                         res.stopped_early = True
+                    self._save_resume(step, bad_evals, epoch, k, epoch_rng, res)
                 if step >= self.total_steps or res.stopped_early:
                     break
+            skip = 0
         bar.close()
         res.steps, res.seconds = step, time.perf_counter() - t0
         self._write_summary(res)
+        shutil.rmtree(self.out / RESUME_DIR, ignore_errors=True)  # finished: nothing to resume
         return res
+
+    def _save_resume(self, step: int, bad_evals: int, epoch: int, batch_in_epoch: int, epoch_rng, res) -> None:
+        """Weights, optimizer, schedule and data position: ``OUT/resume/``, replaced atomically."""
+        from safetensors.torch import save_file, save_model
+
+        tmp = self.out / f"{RESUME_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(self.model, str(tmp / "model.safetensors"))
+        tensors, groups = optimizer_tensors(self.opt, self.model)
+        save_file(tensors | {"torch_rng": torch.get_rng_state()}, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "bad_evals": bad_evals, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                 "epoch_rng": [epoch_rng[0], list(epoch_rng[1]), epoch_rng[2]], "param_groups": groups,
+                 "scheduler": self.sched.state_dict(), "seconds": time.perf_counter() - self._t0,
+                 "result": {k: getattr(res, k) for k in ("best_step", "best_pass_rate", "best_val_loss",
+                                                         "tokens", "stopped_early", "history")}}
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(self.out / RESUME_DIR, ignore_errors=True)
+        os.replace(tmp, self.out / RESUME_DIR)
+
+    def _restore(self, res: SFTResult, rng: random.Random) -> tuple[int, int, int, int, float]:
+        from safetensors.torch import load_file, load_model
+
+        path = self.out / RESUME_DIR
+        if not (path / "state.json").exists():
+            raise FileNotFoundError(f"--resume: nothing to resume in {self.out} ({RESUME_DIR}/state.json is missing)")
+        state = json.loads((path / "state.json").read_text())
+        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        torch.set_rng_state(tensors.pop("torch_rng"))
+        load_optimizer_tensors(self.opt, self.model, tensors, state["param_groups"], self.device)
+        self.sched.load_state_dict(state["scheduler"])
+        version, internal, gauss = state["epoch_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        for key, value in state["result"].items():
+            setattr(res, key, value)
+        log = self.out / "sft_log.jsonl"
+        if log.exists():  # evaluations after the saved step are redone
+            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= state["step"]]
+            log.write_text("".join(line + "\n" for line in kept))
+        # the saved epoch counter is this epoch's, already counted: the loop counts it again
+        return state["step"], state["bad_evals"], state["epoch"] - 1, state["batch_in_epoch"], state["seconds"]
 
     def _train_prompts(self) -> list[list[int]]:
         """The train rows' prompt ids (``self.train`` starts with them)."""

@@ -64,6 +64,7 @@ CASES = [
     ("sft --config {tiny} --data {data} --out {out} --max-steps -5", "--max-steps: must be >= 1"),
     ("sft --config {broken} --data {data} --out {out}", "not valid YAML"),
     ("sft --config {tiny} --data {data} --out {full}", "folder is not empty"),
+    ("sft --config {tiny} --data {data} --out {full} --resume", "--resume: nothing to resume"),
     ("sft --config " + str(CONFIGS / "10m.yaml") + " --data {data} --out {out} --init {init}",
      "the checkpoint holds the tiny policy"),
     ("sft --config {tiny} --data {data} --out {out} --device tpu", "--device: expected cpu or cuda"),

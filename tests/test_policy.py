@@ -121,6 +121,46 @@ def test_sft_init_continues_a_checkpoint_and_refuses_another_preset(data, tmp_pa
                    init=tmp_path / "a", log=lambda m: None)
 
 
+@pytest.mark.parametrize("target", ["surface", "forms"])
+def test_an_interrupted_sft_resumes_to_the_weights_of_an_uninterrupted_one(data, tmp_path, target):
+    """Stopped after its third evaluation (inside the second epoch, whose ``forms`` are new) and
+    resumed, a run ends with the same weights, log and best step as one that never stopped."""
+    from safetensors.torch import load_file
+
+    from learner.sft import RESUME_DIR
+
+    cfg = RunConfig.from_dict({**TINY, "sft": {**TINY["sft"], "target": target, "epochs": 2.0, "max_steps": 0,
+                                               "batch_size": 32, "eval_every": 3, "eval_samples": 4,
+                                               "paraphrases": False, "patience": 0, "num_threads": 1}})
+    whole = SFTTrainer(cfg, data, tmp_path / "whole", log=lambda m: None)
+    per_epoch = -(-len(whole.train) // 32)
+    assert per_epoch < 9 < whole.total_steps - 3, "the stop at step 9 is inside the second epoch"
+    done = whole.fit()
+
+    class Stop(Exception):
+        pass
+
+    stopped = SFTTrainer(cfg, data, tmp_path / "cut", log=lambda m: None)
+    save = stopped._save_resume
+
+    def save_then_stop(step, *args):
+        save(step, *args)
+        if step == 9:
+            raise Stop  # as a kill right after the state of step 9 was written
+
+    stopped._save_resume = save_then_stop
+    with pytest.raises(Stop):
+        stopped.fit()
+    assert (tmp_path / "cut" / RESUME_DIR / "state.json").exists()
+    resumed = SFTTrainer(cfg, data, tmp_path / "cut", log=lambda m: None, resume=True).fit()
+    assert (resumed.steps, resumed.best_step) == (done.steps, done.best_step)
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    log = lambda run: [json.loads(line)["step"] for line in (tmp_path / run / "sft_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert log("cut") == log("whole"), "an evaluation lost or repeated"
+    assert not (tmp_path / "cut" / RESUME_DIR).exists(), "a finished run leaves no resume state"
+
+
 def test_sampler_logprobs_match_a_fresh_forward_pass(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=1).eval()
     with torch.no_grad():  # make <eos> likely so rows finish at different steps
