@@ -12,6 +12,7 @@ and ``<|eos|>`` only.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -120,8 +121,24 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def with_prompt_layout(tokenizer):
+    """``tokenizer`` with the policy's prompt layout as its post-processor: encoding a text with
+    special tokens (the ``transformers`` default, as ``pipeline("text-generation")`` does) gives
+    ``<|bos|> text <|sep|>``, the prompt the policy was trained on. Every call inside this
+    project encodes with ``add_special_tokens=False`` and builds the prompt itself
+    (``rollout.sampler.encode_prompts``), so nothing here changes."""
+    from tokenizers.processors import TemplateProcessing
+
+    bos, sep = tokenizer.bos_token, tokenizer.sep_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A {sep}", pair=f"{bos} $A {sep} $B",
+        special_tokens=[(bos, tokenizer.bos_token_id), (sep, tokenizer.sep_token_id)])
+    return tokenizer
+
+
 def save_policy(model, tokenizer, cfg: PolicyConfig, out: str | Path, meta: dict | None = None) -> Path:
-    """Write a checkpoint: HF folder (safetensors), tokenizer, config JSON, factors if any."""
+    """Write a checkpoint: HF folder (safetensors), tokenizer (with the prompt layout, so that
+    ``pipeline("text-generation", model=out)`` works on a bare intent), config JSON, factors if any."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     emb = model.model.embed_tokens
@@ -137,7 +154,7 @@ def save_policy(model, tokenizer, cfg: PolicyConfig, out: str | Path, meta: dict
             model.model.embed_tokens = emb
     else:
         model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    with_prompt_layout(copy.deepcopy(tokenizer)).save_pretrained(str(out))
     record = {"policy": asdict(cfg), "params": count_params(model), **(meta or {})}
     (out / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from learner.policy import NOMINAL_PARAMS, PRESETS, build_policy, count_params, 
 from learner.sft import IGNORE, SFTTrainer, build_examples, collate, completion_loss
 from rollout.dataset import build_dataset, read_split
 from rollout.sampler import Sampler, sequence_logprobs
+from validator_actors.validator import Validator
 
 TINY = {"model": {"preset": "tiny"},
         "sft": {"lr": 3e-3, "warmup_steps": 1, "batch_size": 8, "max_steps": 4, "eval_every": 2,
@@ -350,3 +352,26 @@ def test_set_tokens_start_at_a_multiple_of_their_members_mean(d_enc):
     others[list(done.values())] = False
     assert torch.equal(after_in[others], before_in[others]) and torch.equal(after_out[others], before_out[others])
     assert not torch.equal(after_in[~others], before_in[~others])
+
+
+def test_a_checkpoint_folder_works_in_a_plain_text_generation_pipeline(tmp_path):
+    """The shipped compressor in ``pipeline("text-generation")`` on a bare intent: its tokenizer
+    writes the prompt layout (``<|bos|> intent <|sep|>``) itself, so the pipeline answers the
+    program the project's own greedy sampler does; a checkpoint saved here carries it too."""
+    from transformers import AutoTokenizer, pipeline
+
+    from rollout.sampler import Sampler, encode_prompts
+
+    shipped = Path(__file__).resolve().parents[1] / "serve" / "assets" / "compressor_10m"
+    intent = "Please check contract rule 3 while building, and make sure invariant 5 holds. Thanks!"
+    tok = AutoTokenizer.from_pretrained(str(shipped))
+    assert tok(intent)["input_ids"] == encode_prompts(tok, [intent], 10**6)[0]
+    gen = pipeline("text-generation", model=str(shipped), device="cpu")
+    text = gen(intent, max_new_tokens=32, do_sample=False, return_full_text=False)[0]["generated_text"]
+    model, tok2, _ = load_policy(shipped)
+    assert text.strip() == Sampler(model, tok2, max_new_tokens=32).sample([intent], 1, greedy=True).texts[0]
+    validator = Validator()  # the program the intent asks for, not a stray token
+    assert validator.validate(text.strip(), validator.validate("C3?&I5?:build").hash).valid, text
+    save_policy(model, tok2, PRESETS["10m"], tmp_path / "ck")
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "ck"))(intent)["input_ids"] == tok(intent)["input_ids"]
+    assert tok2(intent, add_special_tokens=False)["input_ids"] == tok(intent, add_special_tokens=False)["input_ids"]
