@@ -21,14 +21,14 @@ EXPERIMENT = "trials"
 
 
 def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: bool = False,
-              resume: bool = False, log=print) -> dict:
+              resume: bool = False, log=print, overrides: list[str] | tuple = ()) -> dict:
     import ray
     from ray import tune
 
     from sweep.trial import TrialSetup, mean_intent_tokens
     from sweep.warm_start import prepare_warm_starts
 
-    sweep = _load(config, smoke)  # every point checked before Ray starts
+    sweep = _load(config, smoke, overrides)  # every point checked before Ray starts
     need_data(data_dir, "val.parquet")
     out = Path(out).resolve()
     experiment = out / EXPERIMENT
@@ -48,14 +48,14 @@ def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: 
         ray.shutdown()
 
 
-def _load(config: str | Path, smoke: bool):
+def _load(config: str | Path, smoke: bool, overrides=()):
     """The sweep file, checked; any error in it is a UsageError naming the file and key."""
     import yaml
 
     from sweep.space import SweepConfigError, load_sweep
 
     try:
-        return load_sweep(config, smoke=smoke)
+        return load_sweep(config, smoke=smoke, overrides=overrides)
     except yaml.YAMLError as e:
         raise UsageError(f"bad sweep file: {yaml_error(config, e)}") from None
     except (SweepConfigError, ValueError, TypeError, FileNotFoundError) as e:
@@ -122,7 +122,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):  # Tune's tables go to stderr: stdout is the JSON
         result = run_sweep(args.config, args.data, out, smoke=args.smoke, resume=args.resume,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True), overrides=args.set)
     print(json.dumps(result))
     return 0 if result["best"] else 1
 
@@ -134,4 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="sweep folder (default runs/tune_<config name>)")
     p.add_argument("--smoke", action="store_true", help="merge the sweep file's smoke: section (a quick check)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="override one sweep-file value (repeatable), e.g. --set tune.max_concurrent=1 "
+                        "--set fixed.train.steps=4; checked like the file")
     p.set_defaults(func=_tune)

@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -140,14 +141,17 @@ class SweepConfig:
         return sorted({self.trial_config(preset, p).model.d_enc for p in points}, key=lambda d: d or 0)
 
 
-def load_sweep(path: str | Path, smoke: bool = False) -> SweepConfig:
-    """Read and check a sweep file; ``smoke`` merges its ``smoke:`` section over the rest."""
+def load_sweep(path: str | Path, smoke: bool = False, overrides: Iterable[str] = ()) -> SweepConfig:
+    """Read and check a sweep file; ``smoke`` merges its ``smoke:`` section over the rest;
+    ``overrides`` (``key.sub=value``, as ``tinycompress tune --set``) are applied first."""
+    from learner.config import apply_overrides
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sweep file {path} not found (sweeps live in tune_configs/)")
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return _parse(path, raw, smoke)
+        return _parse(path, apply_overrides(raw, overrides), smoke)
     except (TypeError, ValueError) as e:
         raise SweepConfigError(f"{path}: {e}") from None
 

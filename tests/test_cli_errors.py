@@ -89,6 +89,8 @@ CASES = [
     ("data --out {data} --rl-only", "--rl N"),
     # tune
     ("tune --config {broken} --data {data} --out {out}", "bad sweep file"),
+    ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data {data} --out {out} --set tune.max_concurent=1",
+     "unknown key tune.max_concurent"),
     ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data /nonexistent --out {out}", "--data /nonexistent"),
     # the command itself
     ("trian --data x", "invalid choice: 'trian'"),
