@@ -44,6 +44,8 @@ from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Score, Validator, score
 
+INFLIGHT_WEIGHTS = "inflight_weights.safetensors"
+"""Async checkpoints: the weights the batch in flight is generated from."""
 TIMEOUT_S = 600
 
 EvalCallback = Callable[[dict, "Path | None"], "bool | None"]
@@ -67,6 +69,10 @@ class GRPOController:
         self.best = {"val_reward": -math.inf, "val_pass_rate": -1.0, "step": 0}
         self.evals_without_gain, self.worker_restarts = 0, 0
         self.inflight: tuple[list[dict], list, tuple[int, list[int]]] | None = None
+        # async: what the in-flight batch is generated from (the workers' RNG states before it,
+        # and the weights they hold), so that a checkpoint can have it drawn again exactly
+        self.inflight_start: tuple[list, object] | None = None
+        self.published = None  # the weights last given to the workers (None: the checkpoint they loaded)
         saved = Path(resume_from) if resume_from else (latest_checkpoint(self.out) if resume else None)
         if resume and saved is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
@@ -117,12 +123,21 @@ class GRPOController:
         ray.get(self.learner.save.remote(str(path), {"stage": "grpo", "step": self.step}, True),
                 timeout=TIMEOUT_S)
         rngs = ray.get([w.rng_state.remote() for w in self.workers], timeout=TIMEOUT_S)
-        save_file({f"worker{i}": r for i, r in enumerate(rngs)}, str(path / "rng.safetensors"))
+        inflight_version = None
+        if self.inflight and self.inflight_start:  # async: the batch in flight, drawn again on resume
+            starts, weights = ray.get(self.inflight_start[0], timeout=TIMEOUT_S), ray.get(self.inflight_start[1])
+            rngs += starts
+            save_file({k: torch.from_numpy(v.copy()) for k, v in weights.arrays.items()},
+                      str(path / INFLIGHT_WEIGHTS))
+            inflight_version = weights.version
+        names = [f"worker{i}" for i in range(len(self.workers))] + [f"inflight{i}" for i in range(len(rngs) - len(self.workers))]
+        save_file(dict(zip(names, rngs)), str(path / "rng.safetensors"))
         # async: the batch already drawn for the next step is not trained on yet; a resumed run
         # draws it again, so the data position saved is the one before it
         position, order = self.inflight[2] if self.inflight else (self.position, self.order)
         state = {"step": self.step, "position": position, "order": order, "best": self.best,
-                 "evals_without_gain": self.evals_without_gain, "seed": self.t.seed}
+                 "evals_without_gain": self.evals_without_gain, "seed": self.t.seed,
+                 "inflight_version": inflight_version}
         (path / "state.json").write_text(json.dumps(state))
         tmp = self.out / "checkpoints" / "latest.tmp"
         tmp.write_text(path.name)
@@ -140,6 +155,8 @@ class GRPOController:
         rngs = load_file(str(path / "rng.safetensors"))
         ray.get([w.restore.remote(version, rngs[f"worker{i}"]) for i, w in enumerate(self.workers)
                  if f"worker{i}" in rngs], timeout=TIMEOUT_S)
+        if state.get("inflight_version") is not None and self.t.mode == "async" and self.step < self.t.steps:
+            self._redraw_inflight(path, state["inflight_version"], rngs, version)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop lines of steps after the checkpoint: they will be redone
             kept = []
@@ -151,6 +168,21 @@ class GRPOController:
                     self.log(f"[grpo] warning: dropped unreadable line {n} of {metrics}: {line[:80]!r}")
             metrics.write_text("".join(line + "\n" for line in kept))
         self.log(f"[grpo] resumed from {path} at step {self.step}, policy version {version}")
+
+    def _redraw_inflight(self, path: Path, inflight_version: int, rngs: dict, version: int) -> None:
+        """Async resume: the batch that was in flight at the checkpoint is drawn again as it was,
+        from the same data position, weights and RNG states; then the saved policy is published
+        behind it, as it was then. A resumed async run thus equals an uninterrupted one."""
+        from learner.grpo_learner import WeightsRef
+
+        arrays = {k: v.numpy() for k, v in load_file(str(path / INFLIGHT_WEIGHTS)).items()}
+        weights = ray.put(WeightsRef(inflight_version, arrays))
+        ray.get([w.set_weights.remote(weights) for w in self.workers], timeout=TIMEOUT_S)
+        ray.get([w.restore.remote(inflight_version, rngs[f"inflight{i}"]) for i, w in enumerate(self.workers)
+                 if f"inflight{i}" in rngs], timeout=TIMEOUT_S)
+        self.published = weights
+        self.inflight = self._draw()
+        self.sync(wait=False)
 
     # ---- phases -------------------------------------------------------------------------
     def next_batch(self) -> list[dict]:
@@ -240,7 +272,7 @@ class GRPOController:
 
         ``wait=False`` (async) returns once the weights are in the object store: the copies
         run on each worker after the generation already queued there."""
-        weights = self.learner.weights.remote()  # one object in the store, read by every worker
+        weights = self.published = self.learner.weights.remote()  # one object in the store, read by every worker
         refs = [w.set_weights.remote(weights) for w in self.workers]
         if not wait:
             ray.wait([weights], timeout=TIMEOUT_S)
@@ -268,6 +300,10 @@ class GRPOController:
     def _draw(self) -> tuple[list[dict], list, tuple[int, list[int]]]:
         before = (self.position, list(self.order))
         rows = self.next_batch()
+        if self.t.mode == "async":  # queued before the generation: the RNG states it starts from
+            if self.published is None:  # the workers hold the checkpoint they loaded: the learner's now
+                self.published = self.learner.weights.remote()
+            self.inflight_start = ([w.rng_state.remote() for w in self.workers], self.published)
         return rows, self.submit(rows), before
 
     def train_step(self) -> dict:

@@ -86,6 +86,35 @@ def test_async_mode_trains_on_rollouts_one_version_old(ray_local, setup):
     assert ctl.position == 3 * 4, "no batch drawn beyond the last step"
 
 
+def test_a_resumed_async_run_ends_as_an_uninterrupted_one(ray_local, setup):
+    """Stopped right after its step-2 checkpoint, with step 3's batch in flight (generated from
+    version 1), an async run resumes by drawing that batch again from the same weights and RNG
+    states: every step's figures and the final weights equal an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    from cluster.controller import GRPOController
+
+    cfg = _tiny(mode="async", steps=4, checkpoint_every=2, keep_checkpoints=0)
+    whole = GRPOController(cfg, setup / "data", setup / "init", setup / "async_whole", log=lambda m: None)
+    whole.run()
+    cut = GRPOController(cfg, setup / "data", setup / "init", setup / "async_cut", log=lambda m: None)
+    cut.evaluate()  # as run() does at step 0
+    with open(setup / "async_cut" / "metrics.jsonl", "a") as fh:
+        for _ in range(2):
+            fh.write(json.dumps(cut.train_step()) + "\n")
+    cut.save_checkpoint()
+    assert cut.inflight is not None, "step 3's batch was in flight at the checkpoint"
+    cut.shutdown()  # as a kill right after the checkpoint
+    resumed = GRPOController(cfg, setup / "data", setup / "init", setup / "async_cut", log=lambda m: None, resume=True)
+    resumed.run()
+    rows = {run: [json.loads(line) for line in open(setup / run / "metrics.jsonl")] for run in ("async_whole", "async_cut")}
+    keys = ("step", "policy_version", "rollout_version", "reward_mean", "ir_tokens", "loss")
+    assert [[r[k] for k in keys] for r in rows["async_cut"]] == [[r[k] for k in keys] for r in rows["async_whole"]]
+    a = load_file(str(setup / "async_whole" / "checkpoints" / "step_000004" / "model.safetensors"))
+    b = load_file(str(setup / "async_cut" / "checkpoints" / "step_000004" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run's final weights differ"
+
+
 def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     """Kill a rollout worker and a validator actor between two steps of a run: the next step
     completes with every sample scored exactly once, and the run goes on."""
