@@ -25,6 +25,7 @@ path; ``compose`` also takes the deployment options, for the CLI, tests and benc
 from __future__ import annotations
 
 import asyncio
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
@@ -35,6 +36,10 @@ from serve.encoder import EncoderConfig
 
 # the replica sleeps instead of spinning idle OpenMP threads on a shared CPU (docs/VAE.md)
 MODEL_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}}
+# a decode thread runs Python between small torch ops and so holds the GIL most of the time;
+# with the default 5 ms switch interval the event loop waited that long for every step of every
+# request, and requests reached the batch queue a few at a time (docs/BENCHMARKS.md)
+GIL_SWITCH_S = 0.0005
 BATCHING = {"compressor": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
             "encoder": {"max_batch_size": 32, "batch_wait_timeout_s": 0.001}}
 APP_ARGS = ("compressor", "encoder", "limits", "timeout_s")
@@ -61,6 +66,7 @@ class Service:
                       "encoder": web.Gate("encoder", self.guards.encoder_queue)}
         self.timeout_s = timeout_s
         self._threads = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) for name in self.gates}
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.compressor.compress(["warm up: check contract rule 3 during the build"], [2])
         self.compressor._cache.clear()
 

@@ -103,9 +103,10 @@ class StaticDecoder:
     # ------------------------------------------------------------------ the model
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
@@ -116,15 +117,15 @@ class StaticDecoder:
         values go to cache columns ``col .. col+T``; the queries attend to cache columns
         ``0 .. span`` (default: all), ``mask`` (N, 1, T, span) saying which."""
         n, t = ids.shape
-        c, ckv, h, hkv, d = self.embed.shape[1], self.kv_heads * self.head_dim, self.heads, self.kv_heads, self.head_dim
+        c, h, hkv, d = self.embed.shape[1], self.heads, self.kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)  # (N, T, C)
-        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (N, 1, T, D)
+        cos, sin = self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2)  # (N, T, 1, D)
         for layer, (keys, values) in zip(self.layers, cache):
-            qkv = layer.qkv(self._norm(x, layer.ln_attn))  # (N, T, C + 2 C_kv)
-            q = self._rope(qkv[..., :c].view(n, t, h, d).transpose(1, 2), cos, sin)  # (N, H, T, D)
-            k = self._rope(qkv[..., c:c + ckv].view(n, t, hkv, d).transpose(1, 2), cos, sin)
-            keys[:, :, col:col + t] = k
-            values[:, :, col:col + t] = qkv[..., c + ckv:].view(n, t, hkv, d).transpose(1, 2)
+            qkv = layer.qkv(self._norm(x, layer.ln_attn)).view(n, t, h + 2 * hkv, d)  # (N, T, H + 2 H_kv, D)
+            qk = self._rope(qkv[:, :, :h + hkv], cos, sin).transpose(1, 2)  # (N, H + H_kv, T, D): one RoPE for both
+            q = qk[:, :h]
+            keys[:, :, col:col + t] = qk[:, h:]
+            values[:, :, col:col + t] = qkv[:, :, h + hkv:].transpose(1, 2)
             ks, vs = (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
             att = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, enable_gqa=hkv != h)  # (N, H, T, D)
             x = x + layer.out(att.transpose(1, 2).reshape(n, t, c))

@@ -53,7 +53,7 @@ STATED_NUMBER = [("C", re.compile(rf"\b(?:contract\s+)?(?:rule|clause)s?\s+(?:nu
                  ("I", re.compile(rf"\binvariants?\s+(?:number\s+|no\.?\s*|#)?{_NUMBER}\b", re.I)),
                  ("I", re.compile(r"\bI-?(\d{1,3})\b"))]
 STATED_RUN = re.compile(r"\bruns?\s+(?:folder\s+)?['\"]?[A-Za-z][\w-]*\d|\brun folder\b|\boutput (?:folder|dir)", re.I)
-FULL_SET = re.compile(r"\b(?:all|every|each|whole|entire)\b", re.I)
+FULL_SET = re.compile(r"\b(?:all|every|each|whole|entire|full|complete)\b", re.I)
 
 
 @dataclass(frozen=True)
