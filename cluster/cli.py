@@ -80,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = build_parser(argv).parse_args(argv)
     args.debug = debug
-    if args.verbose:
-        from cluster.runtime import VERBOSE_ENV
+    from cluster.runtime import QUIET_ENV, VERBOSE_ENV
 
+    if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
+    else:  # before transformers loads: no "Loading weights" bars
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tinycompress {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # one line; the traceback only on request
         if args.debug:
             raise

@@ -7,6 +7,7 @@ written: the run/output folder given is absent afterwards, or unchanged when it 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,10 @@ def inputs(tiny_grpo, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_errors")
     (root / "broken.yaml").write_text("model:\n  preset: [tiny\ntrain:\n  steps: 2\n")
     (root / "empty").mkdir()
-    return {"data": tiny_grpo / "data", "init": tiny_grpo / "init", "root": root,
+    shutil.copytree(tiny_grpo / "init", root / "truncated")  # weights cut in half, as by a full disk
+    weights = (root / "truncated" / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    return {"data": tiny_grpo / "data", "init": tiny_grpo / "init", "root": root, "truncated": root / "truncated",
             "broken": root / "broken.yaml", "empty": root / "empty", "tiny": CONFIGS / "tiny.yaml"}
 
 
@@ -52,6 +56,9 @@ CASES = [
     ("train --config " + str(CONFIGS / "10m.yaml") + " --data {data} --init {init} --out {out}",
      "the checkpoint holds the tiny policy, the config asks for 10m"),
     ("train --config {tiny} --data {data} --init {init} --out {out} --resume", "--resume: nothing to resume"),
+    ("train --config {tiny} --data {data} --init {truncated} --out {out}",
+     "model.safetensors is not a whole safetensors file (truncated"),
+    ("eval --checkpoint {truncated} --data {data}", "not a whole safetensors file"),
     ("train --config {tiny} --data {data} --init {init} --out {full}", "folder is not empty"),
     ("train --config {tiny} --data {data} --init {init} --out {full} --resume --overwrite", "contradict"),
     ("train --config {tiny} --data {data} --init {init} --out {out} --max-steps 0", "--max-steps: must be >= 1"),
@@ -207,7 +214,6 @@ def test_make_demo_takes_a_free_port_and_refuses_a_taken_one():
     """``make demo`` serves on a free port unless PORT is given; a taken PORT stops it at once,
     before any work, instead of calling whatever answers there."""
     import re
-    import shutil
     import socket
 
     if shutil.which("make") is None or not (ROOT / ".venv" / ".installed").exists():

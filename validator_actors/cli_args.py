@@ -94,9 +94,38 @@ def need_checkpoint(path: str | Path, flag: str) -> Path:
     """A policy checkpoint folder: ``config.json``, weights and the tinycompress metadata."""
     p = need_dir(path, flag, ("config.json", "tinycompress.json"),
                  "a checkpoint written by `tinycompress sft`, e.g. serve/assets/compressor_10m")
-    if not any(p.glob("model*.safetensors")):
+    weights = sorted(p.glob("model*.safetensors"))
+    if not weights:
         raise UsageError(f"{flag} {path}: no model*.safetensors weights in it")
+    for file in weights:
+        problem = _safetensors_problem(file)
+        if problem:
+            raise UsageError(f"{flag} {path}: {file.name} is not a whole safetensors file ({problem})")
     return p
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` is not a complete safetensors file (header, then every tensor's bytes), or
+    None: a truncated or overwritten checkpoint is named here, not deep inside a Ray actor."""
+    import json
+    import struct
+
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "shorter than its header"
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            return f"header of {n} bytes in a {size}-byte file"
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            return "header is not JSON"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) > size:
+        return f"truncated: {size} bytes, its tensors need {8 + n + max(ends)}"
+    return None
 
 
 def fresh_run_dir(out: str | Path, resume: bool, overwrite: bool, resumable: str) -> Path:
