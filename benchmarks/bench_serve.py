@@ -246,10 +246,14 @@ def main() -> int:
     print(table(rows))
     print("batched / unbatched:", json.dumps(report["batched_over_unbatched"]))
     print(f"load average (1 min) before/after: {report['loadavg_1m_before_after']}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    save(report, args.out)
     return 0
+
+
+def save(report: dict, out: str | None) -> None:
+    if out:
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

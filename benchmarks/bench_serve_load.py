@@ -28,7 +28,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import intents, quantile, start  # noqa: E402
+from bench_serve import intents, quantile, save, start  # noqa: E402
 
 
 def address(i: int, block: int) -> str:
@@ -167,9 +167,7 @@ def main() -> int:
     report = {"command": "python " + " ".join(sys.argv),
               "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], **report}
     print(json.dumps(report, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    save(report, args.out)
     return 0
 
 
