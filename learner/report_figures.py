@@ -36,7 +36,7 @@ def pareto(report: dict, path: Path) -> str:
     """Test (filled) and held-out (hollow) pass rate with its interval against mean IR tokens;
     the line joins the test points no other arm beats on both axes."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
     front = []
     for i, (name, info) in enumerate(report["arms"].items()):
         colour = f"C{i % 10}"
@@ -57,7 +57,7 @@ def pareto(report: dict, path: Path) -> str:
     ax.axhline(an.FLOORS["pass_rate"], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("IR tokens per intent (mean)"), ax.set_ylabel("pass rate (95% Wilson interval)")
     ax.set_title("Pass rate against IR tokens", fontsize=10)
-    ax.legend(fontsize=6.5, loc="best")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, never on them
     return _save(fig, path)
 
 
