@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
         log(f"scoring the rule-based baseline on {split}")
         rows = read_split(out, split).to_pylist()
         figures[f"baseline_{split}"] = evaluate_compressor(
-            baseline.compress, rows, lambda t: count_tokens(tok, t))
+            baseline.compress, rows, lambda t: count_tokens(tok, t), progress=f"rule-based, {split}")
     if args.model_rows and SHIPPED_COMPRESSOR.exists():
         import torch
 
@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(1)  # fastest at batch 1 on a small, possibly busy machine
         log(f"evaluating the shipped 10m compressor on the first {args.model_rows} test intents")
-        report = evaluate_checkpoint(SHIPPED_COMPRESSOR, out, "test", limit=args.model_rows)
+        report = evaluate_checkpoint(SHIPPED_COMPRESSOR, out, "test", limit=args.model_rows, progress=True)
         figures["compressor_10m_test"] = report["model"]
         figures["baseline_same_rows"] = report["baseline"]
     if args.grpo_steps and SHIPPED_COMPRESSOR.exists():
