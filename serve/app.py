@@ -37,8 +37,8 @@ from serve.encoder import EncoderConfig
 # the replica sleeps instead of spinning idle OpenMP threads on a shared CPU (docs/VAE.md)
 MODEL_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}}
 # a decode thread runs Python between small torch ops and so holds the GIL most of the time;
-# with the default 5 ms switch interval the event loop waited that long for every step of every
-# request, and requests reached the batch queue a few at a time (docs/BENCHMARKS.md)
+# the event loop should not wait the default 5 ms for it at every step of every request (the
+# replica still shares one GIL between the two: docs/BENCHMARKS.md, serving, second run)
 GIL_SWITCH_S = 0.0005
 BATCHING = {"compressor": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
             "encoder": {"max_batch_size": 32, "batch_wait_timeout_s": 0.001}}
