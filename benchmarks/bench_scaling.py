@@ -39,17 +39,20 @@ SHARDS = (1, 2, 4, 8)
 
 
 def bench_shards(cfg, data: str, init: str, repeats: int) -> dict[int, float]:
-    """Median seconds for one rollout worker, alone, to generate B/W intents x G, per W."""
+    """Median seconds for one rollout worker, alone, to generate B/W intents x G, per W. Each
+    repeat draws new intents (a batch decodes as long as its longest sample, so one batch of
+    intents would stand for all)."""
     from cluster.actors import RolloutActor
     from rollout.dataset import read_split
 
     t, b = cfg.train, cfg.train.prompts_per_step
-    intents = read_split(data, t.split).column("intent").to_pylist()[:b]
+    rows = read_split(data, t.split).column("intent").to_pylist()
     worker = RolloutActor.options(num_cpus=0.5).remote(init, temperature=cfg.grpo.temperature, top_p=t.top_p,
                                                        max_new_tokens=t.max_new_tokens, seed=t.seed)
-    ray.get(worker.generate.remote(intents[:1], t.group_size), timeout=600)  # warm-up
+    ray.get(worker.generate.remote(rows[:1], t.group_size), timeout=600)  # warm-up
     times: dict[int, list[float]] = {w: [] for w in SHARDS}
     for r in range(repeats):  # alternating order, so that drift in the load hits every size alike
+        intents = rows[(r + 1) * b : (r + 2) * b]
         for w in (SHARDS if r % 2 == 0 else SHARDS[::-1]):
             t0 = time.perf_counter()
             ray.get(worker.generate.remote(intents[: max(1, b // w)], t.group_size), timeout=600)
