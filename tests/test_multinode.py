@@ -116,6 +116,7 @@ def test_grpo_run_survives_losing_a_rollout_node_mid_step(tiny_grpo, tmp_path):
 
 # ---- Tune: trials on different nodes ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tune_trials_run_on_different_nodes(tiny_grpo, tmp_path):
     import pandas as pd
 
