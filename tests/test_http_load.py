@@ -106,20 +106,25 @@ def test_stalled_clients_are_cut_and_do_not_delay_others(url):
     async def scenario():
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             quiet = [await timed(c.post("/expand", json={"program": "C3?&I5:audit"})) for _ in range(20)]
+            opened = time.perf_counter()
             streams = await stall(url, 600, STALLED_FROM)
+            opening_s = time.perf_counter() - opened
             await asyncio.sleep(0.5)
             during = [await timed(c.post("/expand", json={"program": "C3?&I5:audit"})) for _ in range(40)]
             during.append(await timed(c.post("/compress", json={"intent": "verify invariant 5 in the audit"})))
-            first, last = await asyncio.gather(asyncio.gather(*map(status_of, streams[:10])),
-                                               asyncio.gather(*map(status_of, streams[-10:])))
+            statuses = await asyncio.gather(*map(status_of, streams))
             for _, writer in streams:
                 writer.close()
-            return quiet, during, first, last
+            return quiet, during, statuses, opening_s
 
-    quiet, during, first, last = asyncio.run(scenario())
+    quiet, during, statuses, opening_s = asyncio.run(scenario())
     assert all(r.status_code == 200 for _, r in quiet + during), [r for _, r in during if r.status_code != 200]
     quiet_ms, during_ms = sorted(s for s, _ in quiet), sorted(s for s, _ in during)
     assert during_ms[len(during_ms) // 2] < quiet_ms[len(quiet_ms) // 2] + 1.0, (during_ms, quiet_ms)
-    # the stalled clients got answers: 408 at the body timeout for the first ones (within the
-    # per-client cap), 429 at once for those over it
-    assert set(first) == {408} and set(last) == {429}, (first, last)
+    # every stalled client got an answer: 408 at the body timeout for those admitted (at most the
+    # per-client cap at once), 429 at once for the others. (On a loaded machine opening 600
+    # connections can outlast the body timeout; slots then free up and more are admitted.)
+    cap = LIMITS["max_client_requests"]
+    assert set(statuses) <= {408, 429} and statuses.count(408) >= 1, statuses
+    if opening_s < 4.0:
+        assert statuses.count(408) <= cap and statuses.count(429) >= len(statuses) - cap, (statuses.count(408), cap)
