@@ -12,23 +12,13 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    from learner.config import RunConfig
-    from learner.policy import check_init
-    from validator_actors.cli_args import UsageError, fresh_run_dir, need_checkpoint, need_data
+    from learner.cli import checked_config
+    from validator_actors.cli_args import fresh_run_dir, need_data
 
-    # every check before Ray starts: the config, the data, the warm start, the run folder
+    # every check before Ray starts: the config, the warm start, the data, the run folder
     sets = list(args.set) + ([f"train.steps={args.max_steps}"] if args.max_steps is not None else [])
-    try:
-        cfg = RunConfig.from_yaml(args.config, sets)
-    except ValueError as e:
-        raise UsageError(f"bad config: {e}") from None
+    cfg = checked_config(args.config, sets, None if args.resume else args.init)
     need_data(args.data, "val.parquet", f"{cfg.train.split}.parquet")
-    if not args.resume:
-        need_checkpoint(args.init, "--init")
-        try:
-            check_init(args.init, cfg.model.policy)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
     fresh_run_dir(args.out, args.resume, args.overwrite, "checkpoints/latest")
     return _run(cfg, args)
 

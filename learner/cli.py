@@ -8,30 +8,33 @@ import json
 import sys
 
 
-def _config(path: str, sets: list[str]):
+def checked_config(path: str, sets: list[str], init: str | None = None):
+    """The run config of ``path`` with the ``--set`` overrides, and the warm start ``init`` (if
+    any) checked to be a whole checkpoint of the config's preset: a UsageError otherwise (one
+    line, exit 2, before any work). ``train`` and ``sft`` both start here."""
     from learner.config import RunConfig
-    from validator_actors.cli_args import UsageError
+    from learner.policy import check_init
+    from validator_actors.cli_args import UsageError, need_checkpoint
 
     try:
-        return RunConfig.from_yaml(path, sets)
+        cfg = RunConfig.from_yaml(path, sets)
     except ValueError as e:
         raise UsageError(f"bad config: {e}") from None
+    if init:
+        need_checkpoint(init, "--init")
+        try:
+            check_init(init, cfg.model.policy)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return cfg
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from validator_actors.cli_args import UsageError, fresh_run_dir, need_checkpoint, need_data
+    from validator_actors.cli_args import fresh_run_dir, need_data
 
     sets = list(args.set) + ([f"sft.max_steps={args.max_steps}"] if args.max_steps is not None else [])
-    cfg = _config(args.config, sets)
+    cfg = checked_config(args.config, sets, args.init)
     need_data(args.data, "train.parquet", "val.parquet")
-    if args.init:
-        from learner.policy import check_init
-
-        need_checkpoint(args.init, "--init")
-        try:
-            check_init(args.init, cfg.model.policy)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
     from learner.sft import RESUME_DIR, SFTTrainer
 
     fresh_run_dir(args.out, args.resume, args.overwrite, f"{RESUME_DIR}/state.json")

@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
+
+from validator_actors.cli_args import UsageError, count, fraction, need_dir, number, widths
+
+CROP_SET = ("crops.npz", "manifest.json")
+VAE_CHECKPOINT = ("config.json", "model.safetensors")
 
 
 def register(subparsers) -> None:
@@ -18,9 +24,9 @@ def register(subparsers) -> None:
 
     d = sub.add_parser("data", help="cut 64x64 crops from offline photographs")
     d.add_argument("--out", type=Path, required=True, help="folder for crops.npz + manifest.json")
-    d.add_argument("--crops-per-source", type=int, default=300)
-    d.add_argument("--test-fraction", type=float, default=0.15)
-    d.add_argument("--view-pairs", type=int, default=512)
+    d.add_argument("--crops-per-source", type=count(1), default=300)
+    d.add_argument("--test-fraction", type=fraction, default=0.15)
+    d.add_argument("--view-pairs", type=count(0), default=512)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-apt", action="store_true", help="scikit-image photographs only")
     d.add_argument("--cache", type=Path, default=Path("data/apt_cache"),
@@ -31,21 +37,21 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train a TinyVAE, calibrate trust, fit the VQ dictionary")
     t.add_argument("--data", type=Path, required=True, help="crop set from `vae data`")
     t.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    t.add_argument("--steps", type=int, default=6000)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--steps", type=count(1), default=6000)
+    t.add_argument("--batch-size", type=count(1), default=128)
+    t.add_argument("--lr", type=number(0, above=True), default=2e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--time-limit", type=float, default=0.0, help="stop after this many seconds")
-    t.add_argument("--beta", type=float, default=0.1)
-    t.add_argument("--ssim-weight", type=float, default=0.0)
+    t.add_argument("--threads", type=count(1), default=2)
+    t.add_argument("--time-limit", type=number(0), default=0.0, help="stop after this many seconds (0 = none)")
+    t.add_argument("--beta", type=number(0), default=0.1)
+    t.add_argument("--ssim-weight", type=number(0), default=0.0)
     t.add_argument("--recon", choices=("sse", "sigma_vae"), default="sse")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
-    t.add_argument("--extra-blocks", type=int, default=0)
-    t.add_argument("--widths", default="16,32,64", help="comma-separated encoder widths")
-    t.add_argument("--latent-dim", type=int, default=64)
-    t.add_argument("--vq-codes", type=int, default=512)
-    t.add_argument("--vq-group-dim", type=int, default=8, help="latent values per token")
+    t.add_argument("--extra-blocks", type=count(0), default=0)
+    t.add_argument("--widths", type=widths, default=(16, 32, 64), help="comma-separated encoder widths")
+    t.add_argument("--latent-dim", type=count(1), default=64)
+    t.add_argument("--vq-codes", type=count(2), default=512)
+    t.add_argument("--vq-group-dim", type=count(1), default=8, help="latent values per token")
     t.add_argument("--smoke", action="store_true", help="20 steps of batch 16")
     t.set_defaults(func=cmd_train)
 
@@ -56,7 +62,7 @@ def register(subparsers) -> None:
     e.add_argument("--grid", type=Path, default=None, help="picture grid PNG (default CKPT/grid.png)")
     e.add_argument("--cross-view-plot", type=Path, default=None,
                    help="histogram PNG (default CKPT/cross_view.png)")
-    e.add_argument("--max-test", type=int, default=0, help="evaluate on this many test crops (0 = all)")
+    e.add_argument("--max-test", type=count(0), default=0, help="evaluate on this many test crops (0 = all)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--smoke", action="store_true", help="at most 64 test crops")
     e.set_defaults(func=cmd_eval)
@@ -72,7 +78,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     arrays, manifest = build_crop_set(sources, cfg)
     save_crop_set(args.out, arrays, manifest)
     print(f"{len(sources)} sources -> {manifest['counts']} crops, "
-          f"{len(arrays['views_a'])} view pairs -> {args.out}")
+          f"{len(arrays['views_a'])} view pairs -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -91,7 +97,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from learner.vae_vq import VQConfig
     from rollout.images import load_crop_set
 
-    cfg = VAEConfig(widths=tuple(int(w) for w in args.widths.split(",")), latent_dim=args.latent_dim,
+    need_dir(args.data, "--data", CROP_SET, "write one with `tinycompress vae data --out DIR`")
+    if args.init is not None:
+        need_dir(args.init, "--init", VAE_CHECKPOINT, "a folder written by `tinycompress vae train`")
+    if args.latent_dim % args.vq_group_dim:
+        raise UsageError(f"--vq-group-dim {args.vq_group_dim} must divide --latent-dim {args.latent_dim}")
+    cfg = VAEConfig(widths=args.widths, latent_dim=args.latent_dim,
                     extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight,
                     recon=args.recon)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -100,15 +111,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg = dataclasses.replace(tcfg, steps=20, batch_size=16, warmup=5, log_every=5)
     vq_cfg = VQConfig(num_codes=args.vq_codes, group_dim=args.vq_group_dim)
     arrays, manifest = load_crop_set(args.data)
-    print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}")
+    print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}", file=sys.stderr)
     model, rows = train(cfg, tcfg, arrays["train_crops"], init=args.init)
     finish_checkpoint(args.out, model, tcfg, vq_cfg, arrays["train_crops"], rows,
                       data={"path": str(args.data), "counts": manifest["counts"]})
-    print(f"checkpoint -> {args.out}")
+    print(f"checkpoint -> {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    need_dir(args.checkpoint, "--checkpoint", VAE_CHECKPOINT, "a folder written by `tinycompress vae train`")
+    need_dir(args.data, "--data", CROP_SET, "write one with `tinycompress vae data --out DIR`")
     _passive_threads()
     import numpy as np
 
@@ -124,9 +137,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         save_cross_view_plot(args.cross_view_plot or args.checkpoint / "cross_view.png",
                              cv.pop("_same"), cv.pop("_different"), cv["auc"])
         print(f"cross-view: same {cv['same']['mean']:.3f}, different {cv['different']['mean']:.3f}, "
-              f"AUC {cv['auc']:.3f}")
+              f"AUC {cv['auc']:.3f}", file=sys.stderr)
     out = args.report or args.checkpoint / "eval.json"
     out.write_text(json.dumps(report, indent=2, default=lambda o: o.tolist()
                               if isinstance(o, np.ndarray) else str(o)) + "\n")
-    print(f"report -> {out}")
+    print(f"report -> {out}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ path; ``compose`` also takes the deployment options, for the CLI, tests and benc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -84,6 +85,11 @@ class Service:
     # ------------------------------------------------------------------ what the routes call
 
     async def compress(self, intents: list[str], k: int | None) -> list[dict]:
+        long = self.compressor.too_long(intents)
+        if long:
+            where = "the intent is" if len(intents) == 1 else f"intent {long[0][0]} is"
+            raise web.BadInput(422, f"{where} {long[0][1]} tokens; the compressor reads at most "
+                                    f"{self.compressor.max_intent_tokens} (shorten it or split it into several)")
         with self.gates["compressor"].admit(len(intents)):
             return await self._within(asyncio.gather(*(self._compress_batch((t, k or 0)) for t in intents)),
                                       "compressor")
@@ -140,12 +146,39 @@ def compose(args: dict | None = None, options: dict[str, dict] | None = None):
     ``limits`` (:class:`serve.web.Guards`) and ``timeout_s``; ``options``: the deployment's
     ``.options()`` under its name (the CLI's config file)."""
     args, options = dict(args or {}), options or {}
-    unknown = set(args) - set(APP_ARGS)
-    if unknown:
-        raise ValueError(f"unknown app args {sorted(unknown)}; expected {', '.join(APP_ARGS)}")
+    comp, enc, lim = check_args(args)  # fail here, not in a replica
     unknown = set(options) - {Service.name}
     if unknown:
         raise ValueError(f"unknown deployments {sorted(unknown)}; the app has one, {Service.name}")
-    comp, enc, lim = (dict(args.get(k) or {}) for k in ("compressor", "encoder", "limits"))
-    CompressorConfig(**comp), EncoderConfig(**enc), web.Guards(**lim)  # fail here, not in a replica
     return Service.options(**options.get(Service.name, {})).bind(comp, enc, lim, float(args.get("timeout_s", 30.0)))
+
+
+SECTIONS = {"compressor": CompressorConfig, "encoder": EncoderConfig, "limits": web.Guards}
+
+
+def check_args(args: dict) -> tuple[dict, dict, dict]:
+    """The compressor, encoder and limits sections of the app args, each checked by its config
+    class; a ValueError naming the key for anything unknown or out of range."""
+    unknown = set(args) - set(APP_ARGS)
+    if unknown:
+        raise ValueError(f"unknown app arg {sorted(unknown)[0]}; the app takes {', '.join(APP_ARGS)}")
+    timeout = args.get("timeout_s", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout!r}")
+    out = []
+    for name, cls in SECTIONS.items():
+        given = args.get(name) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"{name} must be a section of settings, got {given!r}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        extra = sorted(set(given) - set(fields))
+        if extra:
+            raise ValueError(f"unknown key {name}.{extra[0]}; {name} has {', '.join(fields)}")
+        try:
+            cls(**given)
+        except TypeError as exc:  # a comparison with a value of the wrong type
+            raise ValueError(f"{name}: a setting has the wrong type ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        out.append(dict(given))
+    return out[0], out[1], out[2]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from validator_actors.cli_args import count
+
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 APP_NAME = "tinycompress"
 
@@ -29,8 +31,40 @@ def load_config(path: str | Path = CONFIG) -> dict:
     return {"args": app.get("args") or {}, "options": options, "http": raw.get("http_options") or {}}
 
 
+def app_config(config: str | Path = CONFIG, compressor: str | None = None, encoder: str | None = None,
+               overrides: tuple[str, ...] = ()) -> dict:
+    """The config file's app with the command line's checkpoints and ``--set key.sub=value``
+    overrides, every setting checked: a UsageError (one line, exit 2) before Ray starts."""
+    from learner.config import apply_overrides
+    from serve.app import check_args
+    from validator_actors.cli_args import UsageError, need_checkpoint, need_dir, yaml_error
+
+    try:
+        cfg = load_config(config)
+    except FileNotFoundError:
+        raise UsageError(f"--config {config}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(yaml_error(config, exc)) from None
+    except (ValueError, AttributeError) as exc:
+        raise UsageError(f"--config {config}: not a Serve config with one application ({exc})") from None
+    args = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg["args"].items()}
+    if compressor:
+        args.setdefault("compressor", {})["checkpoint"] = str(need_checkpoint(compressor, "--compressor").resolve())
+    if encoder:
+        folder = need_dir(encoder, "--encoder", ("config.json", "model.safetensors"),
+                          "a folder written by `tinycompress vae train`, e.g. serve/assets/tinyvae")
+        args.setdefault("encoder", {})["checkpoint"] = str(folder.resolve())
+    try:
+        args = apply_overrides(args, overrides)
+        check_args(args)
+    except ValueError as exc:
+        raise UsageError(f"--set: {exc}" if overrides else f"--config {config}: {exc}") from None
+    return {**cfg, "args": args}
+
+
 def start(compressor: str | None = None, encoder: str | None = None, host: str = "127.0.0.1",
-          port: int = 8000, config: str | Path = CONFIG, num_cpus: int | None = None) -> str:
+          port: int = 8000, config: str | Path = CONFIG, num_cpus: int | None = None,
+          overrides: tuple[str, ...] = ()) -> str:
     """Start Ray (if needed) and the app; return its base URL. ``stop()`` undoes it."""
     import ray
     from ray import serve
@@ -38,12 +72,8 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
     from cluster.runtime import init_ray
     from serve.app import compose
 
-    cfg = load_config(config)
-    args = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg["args"].items()}
-    if compressor:
-        args.setdefault("compressor", {})["checkpoint"] = str(Path(compressor).resolve())
-    if encoder:
-        args.setdefault("encoder", {})["checkpoint"] = str(Path(encoder).resolve())
+    cfg = app_config(config, compressor, encoder, overrides)
+    args = cfg["args"]
     if not ray.is_initialized():
         init_ray(num_cpus, log_to_driver=False)
     http = {**cfg["http"], "host": host, "port": port}
@@ -61,7 +91,7 @@ def stop() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    url = start(args.compressor, args.encoder, args.host, args.port, args.config, args.num_cpus)
+    url = start(args.compressor, args.encoder, args.host, args.port, args.config, args.num_cpus, tuple(args.set))
     print(f"[serve] listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops", file=sys.stderr, flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,12 +103,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = count(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the compressor and the TinyVAE encoder over HTTP (Ray Serve)")
     p.add_argument("--compressor", help="policy checkpoint folder (default: serve/assets/compressor_10m)")
     p.add_argument("--encoder", help="TinyVAE checkpoint folder (default: serve/assets/tinyvae)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--config", default=str(CONFIG), help="Serve config file with the deployment settings")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray instance (default: all)")
+    p.add_argument("--num-cpus", type=count(1), default=None, help="CPUs of the embedded Ray instance (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an app setting of the config, e.g. compressor.max_candidates=4, "
+                        "limits.compressor_queue=32, timeout_s=10 (repeatable)")
     p.set_defaults(func=_serve)

@@ -85,13 +85,27 @@ class Compression:
     cached: bool = False
 
     @property
-    def compression(self) -> float:
+    def compression(self) -> float | None:
+        """1 - tokens / intent_tokens; None for an invalid program (it compresses nothing)."""
+        if not self.valid:
+            return None
         return round(1.0 - self.tokens / self.intent_tokens, 4) if self.intent_tokens else 0.0
+
+    @property
+    def reason(self) -> str | None:
+        """Why the answer is not a valid program of the model's; None when it is."""
+        if self.source == "model":
+            return None
+        why = f"none of the model's {self.candidates} candidate(s) passed the validator"
+        if self.valid:
+            return why + "; the rule-based compressor answered"
+        errors = "; ".join(f"{e['code']}: {e['message']}" for e in self.report["errors"]) or "no program"
+        return why + f", nor did the rule-based compressor's answer ({errors})"
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("intent")
-        out["compression"] = self.compression
+        out["compression"], out["reason"] = self.compression, self.reason
         return out
 
 
@@ -125,6 +139,16 @@ class Compressor:
                         "params": self.meta.get("params"), "stage": self.meta.get("stage"),
                         "step": self.meta.get("step"), "weights_sha256": file_digest(path / "model.safetensors"),
                         "codebook_version": self.validator.cb.version}
+
+    @property
+    def max_intent_tokens(self) -> int:
+        """The longest intent the policy reads whole: its prompt is ``<bos> intent <sep>``."""
+        return self.decoder.max_prompt_len - 2
+
+    def too_long(self, intents: list[str]) -> list[tuple[int, int]]:
+        """(index, tokens) of each intent longer than :attr:`max_intent_tokens` (the decoder
+        would cut it, and the program would answer a different request)."""
+        return [(i, n) for i, n in enumerate(self.count(intents)) if n > self.max_intent_tokens]
 
     def compress(self, intents: list[str], k: int | list[int | None] | None = None) -> list[Compression]:
         """Answer every intent; ``k`` candidates each (one for all, or one per intent; None or 0 =
@@ -235,7 +259,8 @@ class ProgramTools:
         if intent is not None:
             tokens, intent_tokens = self.count([program, intent])
             report["tokens"], report["intent_tokens"] = tokens, intent_tokens
-            report["compression"] = round(1 - tokens / intent_tokens, 4) if intent_tokens else 0.0
+            report["compression"] = (round(1 - tokens / intent_tokens, 4) if intent_tokens else 0.0) if checked.valid \
+                else None
             report["faithful"], report["faithfulness"] = self.faithfulness(intent, program, checked)
             report["matches_baseline"] = report["faithfulness"]["baseline_agrees"]
         return report

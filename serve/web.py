@@ -7,9 +7,11 @@ Every error is JSON ``{"detail": reason}`` (plus ``errors`` where there are seve
   digits (one parser, :func:`load_json`, reads every JSON body of every endpoint);
 - 408: a body that did not arrive within ``Guards.body_timeout_s``;
 - 413: a body over ``MAX_BODY_BYTES``, or an image over ``MAX_IMAGE_BYTES``;
-- 415: ``/encode`` with a content type other than PNG, JPEG, octet-stream or JSON;
-- 422: a well-formed body that breaks the schema or limits (``serve.schemas``), an image that
-  is not one or has the wrong shape, an invalid program for ``/expand``;
+- 415: a JSON endpoint sent another content type than ``application/json`` (none is taken as
+  JSON), ``/encode`` one other than PNG, JPEG, octet-stream or JSON;
+- 422: a well-formed body that breaks the schema or limits (``serve.schemas``), an intent longer
+  than the compressor reads, an image that is not one or has the wrong shape, an invalid
+  program for ``/expand``;
 - 429 with ``Retry-After``: a model's queue is full (:class:`Gate`), or one client address has
   ``Guards.max_client_requests`` requests in flight already;
 - 503 with ``Retry-After``: a model did not answer in time.
@@ -31,7 +33,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from serve import schemas
+from serve import responses, schemas
 
 RETRY_AFTER_S = 1
 JSON_TYPES = ("application/json",)
@@ -46,6 +48,29 @@ ENCODE_OPENAPI = {"requestBody": {"required": True, "content": {
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     "application/json": {"schema": schemas.EncodeRequest.model_json_schema()},
 }}}
+
+
+# what each error status means, for the OpenAPI document (the module docstring says more)
+ERRORS = {
+    400: "malformed JSON, not UTF-8, or past a JSON limit (depth, values, digits)",
+    408: "the body did not arrive in time",
+    413: "the body or an image is too large",
+    415: "the content type is not one this endpoint reads",
+    422: "the body breaks the schema or a limit (each field named in errors)",
+    429: "a queue is full or this client has too many requests in flight; retry after Retry-After",
+    503: "the model did not answer in time (or, for /readyz, a queue is full); retry after Retry-After",
+}
+RETRY_HEADER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def answers(body: Any, *errors: int) -> dict:
+    """The ``responses`` of a route for its OpenAPI entry: 200 with ``body`` (a model; None to
+    leave it to the route) and each error status with :class:`serve.responses.ErrorBody`."""
+    out: dict = {} if body is None else {200: {"model": body, "description": "the answer"}}
+    for status in errors:
+        out[status] = {"model": responses.ErrorBody, "description": ERRORS[status],
+                       **({"headers": RETRY_HEADER} if status in (429, 503) else {})}
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,8 +147,7 @@ def describe_errors(errors: list[dict]) -> tuple[int, str, list[dict]]:
     """(status, reason, errors) for pydantic/FastAPI errors; input values are never echoed."""
     for e in errors:
         if e.get("type") == "json_invalid":
-            where = e.get("loc", ("body", "?"))[-1]
-            return 400, f"malformed JSON: {e.get('ctx', {}).get('error', 'decode error')} at character {where}", []
+            return 400, f"malformed JSON: {e.get('ctx', {}).get('error', 'decode error')}", []
     rows = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
              "message": e.get("msg", ""), "type": e.get("type", "")} for e in errors[:20]]
     reason = "; ".join(f"{r['field']}: {r['message']}" for r in rows)
@@ -187,14 +211,26 @@ class _JsonRequest(Request):
         return self._json
 
 
+def is_json(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type (parameters such as charset ignored); no type at
+    all counts as JSON, as FastAPI reads it."""
+    kind = content_type.split(";")[0].strip().lower()
+    return not kind or kind in JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 class JsonRoute(APIRoute):
     """A FastAPI route whose JSON body goes through :func:`load_json` (FastAPI's own reader
-    would take any depth and any number of digits)."""
+    would take any depth and any number of digits), and is refused with 415 when it comes as
+    another content type (FastAPI would read a ``text/plain`` body as a string and say 422)."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
+        takes_json = self.body_field is not None
 
         async def guarded(request: Request):
+            kind = request.headers.get("content-type", "")
+            if takes_json and not is_json(kind):
+                return _error(415, f"send the body as JSON with content-type: application/json, not {kind!r}")
             return await handler(_JsonRequest(request.scope, request.receive))
 
         return guarded
@@ -254,7 +290,7 @@ class BodyGuard:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-        if body and kind in JSON_TYPES:
+        if body and kind and is_json(kind):
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -99,6 +99,22 @@ CASES = [
     ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data {data} --out {out} --set tune.max_concurent=1",
      "unknown key tune.max_concurent"),
     ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data /nonexistent --out {out}", "--data /nonexistent"),
+    # serve: checkpoints, config and --set checked before Ray starts
+    ("serve --compressor /nonexistent", "--compressor /nonexistent: no such folder"),
+    ("serve --compressor {truncated}", "not a whole safetensors file"),
+    ("serve --encoder {empty}", "--encoder"),
+    ("serve --config {broken}", "broken.yaml: line 3 not valid YAML"),
+    ("serve --set compressor.max_candidates=99", "--set: compressor: max_candidates must be in 1..16"),
+    ("serve --set limits.queue=3", "--set: unknown key limits.queue; limits has"),
+    ("serve --set timeout_s=-1", "timeout_s must be a number of seconds > 0"),
+    ("serve --port 70000", "--port: must be a TCP port in 1..65535"),
+    # vae: numbers, folders
+    ("vae train --data {empty} --out {out}", "crops.npz is missing (write one with `tinycompress vae data"),
+    ("vae train --data {empty} --out {out} --lr 0", "--lr: must be > 0"),
+    ("vae train --data {empty} --out {out} --widths 16,x", "expected comma-separated integers"),
+    ("vae train --data {empty} --out {out} --steps -3", "--steps: must be >= 1"),
+    ("vae data --out {out} --test-fraction 1.5", "--test-fraction: must be in [0, 1]"),
+    ("vae eval --checkpoint /nonexistent --data {empty}", "--checkpoint /nonexistent: no such folder"),
     # the command itself
     ("trian --data x", "invalid choice: 'trian'"),
     ("", "the following arguments are required: COMMAND"),

@@ -18,7 +18,12 @@ import time
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
 from PIL import Image
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
+                                               response_schema_conformance, status_code_conformance)
 
 from rollout.intents import IntentGenerator, template_ids
 from validator_actors.codebook import load_codebook
@@ -137,6 +142,7 @@ def test_compress_returns_a_valid_faithful_program(client, examples):
         assert 0 < body["confidence"] <= 1 and body["latency_ms"] > 0
         assert body["compression"] == pytest.approx(1 - body["tokens"] / body["intent_tokens"], abs=1e-4)
         assert body["tokens"] < body["intent_tokens"]
+        assert (body["reason"] is None) == (body["source"] == "model"), "a fallback says why"
         matched += body["report"]["hash"] == ref
     assert matched >= 4, f"only {matched}/5 programs mean what the intent means"
 
@@ -169,6 +175,11 @@ def test_expand_and_validate_agree(client, examples):
     mismatch = client.post("/validate", json={"program": "V!", "intent": intent, "reference": ref}).json()
     assert not mismatch["valid"] and mismatch["errors"][0]["code"] == "HASH_MISMATCH"
     assert mismatch["intent_tokens"] > mismatch["tokens"] > 0 and "matches_baseline" in mismatch
+    assert mismatch["compression"] is None, "an invalid program compresses nothing"
+    secret = "C3?:build>the-secret-reference-text"  # not a valid program: its text must not come back
+    bad_ref = client.post("/validate", json={"program": "C3?", "reference": secret})
+    assert bad_ref.status_code == 200 and bad_ref.json()["errors"][0]["code"] == "INVALID_REFERENCE"
+    assert "secret" not in bad_ref.text
 
 
 def test_encode_png_jpeg_base64_and_batch(client):
@@ -219,7 +230,10 @@ def test_health_version_and_docs(client):
     v = client.get("/version").json()
     assert v["compressor"]["policy"] == "10m" and len(v["compressor"]["weights_sha256"]) == 12
     assert v["encoder"]["latent_dim"] == 64 and v["limits"]["max_intent_chars"] == 2000
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower(), "the page must load where no CDN can be reached"
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/compress", "/compress/batch", "/expand", "/validate", "/encode", "/decode",
             "/similarity", "/healthz", "/readyz", "/version"} <= set(paths)
@@ -255,6 +269,23 @@ def test_compress_rejects_bytes_that_are_not_json_or_not_utf8(client):
     assert_error(post_raw(client, "/compress", b'{"intent": "\\ud800 rule"}'), 422, "unicode")
     assert_error(post_raw(client, "/compress", b"[1, 2]"), 422)
     assert_error(client.post("/compress", content=b"intent=hello"), 422)
+
+
+def test_an_intent_longer_than_the_prompt_is_a_422_naming_the_token_limit(client, examples):
+    long = " and then ".join(i for i, _ in examples) * 3  # under 2,000 characters, over 190 tokens
+    assert len(long) <= 2000
+    assert_error(client.post("/compress", json={"intent": long}), 422, "tokens", "at most 190")
+    assert_error(client.post("/compress/batch", json={"intents": [examples[0][0], long]}), 422,
+                 "intent 1", "at most 190")
+
+
+@pytest.mark.parametrize("path", ["/compress", "/compress/batch", "/expand", "/validate", "/decode", "/similarity"])
+def test_json_endpoints_refuse_other_content_types_with_415(client, path):
+    body = b'{"intent": "check contract rule 3"}'
+    assert_error(post_raw(client, path, body, "text/plain"), 415, "application/json")
+    assert_error(post_raw(client, path, body, "application/x-www-form-urlencoded"), 415)
+    with_charset = post_raw(client, path, body, "application/json; charset=utf-8")
+    assert with_charset.status_code != 415, "a charset parameter is still JSON"
 
 
 def test_oversized_bodies_and_batches(client):
@@ -332,6 +363,24 @@ def test_every_malformed_body_is_a_4xx_on_every_endpoint(client, path):
         r = post_raw(client, path, body)
         assert_error(r, status, *([word] if word else []))
     assert_error(post_raw(client, path, b"{" * (4 * 2**20 + 1)), 413, "body")
+
+
+# ------------------------------------------------------------------ the OpenAPI contract
+
+
+@pytest.fixture(scope="module")
+def api_schema(url):
+    return schemathesis.openapi.from_url(url + "/openapi.json")
+
+
+@schemathesis.pytest.from_fixture("api_schema").parametrize()
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_answer_is_the_one_openapi_json_declares(case):
+    """Schemathesis draws valid and invalid requests for every operation from /openapi.json;
+    every answer must be declared there (status, content type, headers, body schema) and none
+    may be a 5xx."""
+    case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                   response_headers_conformance, response_schema_conformance], timeout=60)
 
 
 # ------------------------------------------------------------------ overload, then still alive

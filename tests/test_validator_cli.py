@@ -34,6 +34,8 @@ def test_invalid_program_exits_1_with_its_code():
     out = json.loads(r.stdout)
     assert out["valid"] is False and [e["code"] for e in out["errors"]] == ["UNKNOWN_NUMBER"]
     assert "compression" not in out
+    with_intent = json.loads(validate("C14", "--intent", "check contract rule 14").stdout)
+    assert with_intent["compression"] is None and with_intent["tokens"] > 0  # an invalid program compresses nothing
 
 
 def test_reference_mismatch_gives_hash_mismatch():

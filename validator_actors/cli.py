@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.intent is not None:
         intent_tokens = count([args.intent])[0]
         out["intent_tokens"] = intent_tokens
-        out["compression"] = 1.0 - out["tokens"] / intent_tokens if intent_tokens else None
+        # an invalid program compresses nothing: its compression is null, as over HTTP
+        out["compression"] = 1.0 - out["tokens"] / intent_tokens if intent_tokens and report.valid else None
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0 if report.valid else 1
 

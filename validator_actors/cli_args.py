@@ -46,6 +46,35 @@ def count(minimum: int = 0):
     return parse
 
 
+def number(minimum: float = 0.0, above: bool = False):
+    """An argparse type: a finite number ``>= minimum`` (``> minimum`` with ``above``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum:g}, got {value:g}")
+        return value
+
+    parse.__name__ = f"number {'>' if above else '>='} {minimum:g}"
+    return parse
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive integers (``16,32,64``)."""
+    try:
+        values = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 16,32,64, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return values
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
     try:

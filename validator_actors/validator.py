@@ -178,7 +178,8 @@ class Validator:
             return reference.lower()
         report = self._cached(reference)
         if not report.valid:
-            raise ValueError(f"reference program {str(reference)[:80]!r} is invalid: {report.codes}")
+            # the reference is not echoed: it may be anything a client sent
+            raise ValueError(f"the reference program is invalid ({', '.join(report.codes)})")
         return report.hash
 
     def validate(self, program: str, reference: str | None = None) -> Report:
