@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     d.add_argument("--cache", type=Path, default=Path("data/apt_cache"),
                    help="where the Debian image packages are downloaded and unpacked")
     d.add_argument("--smoke", action="store_true", help="scikit-image only, 16 crops per source")
-    d.set_defaults(func=cmd_data)
+    d.set_defaults(func=_json_out(cmd_data))
 
     t = sub.add_parser("train", help="train a TinyVAE, calibrate trust, fit the VQ dictionary")
     t.add_argument("--data", type=Path, required=True, help="crop set from `vae data`")
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     t.add_argument("--vq-codes", type=count(2), default=512)
     t.add_argument("--vq-group-dim", type=count(1), default=8, help="latent values per token")
     t.add_argument("--smoke", action="store_true", help="20 steps of batch 16")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=_json_out(cmd_train))
 
     e = sub.add_parser("eval", help="TinyVAE vs PCA vs JPEG, trust, cross-view, VQ and int8 costs")
     e.add_argument("--checkpoint", type=Path, required=True)
@@ -65,10 +65,26 @@ def register(subparsers) -> None:
     e.add_argument("--max-test", type=count(0), default=0, help="evaluate on this many test crops (0 = all)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--smoke", action="store_true", help="at most 64 test crops")
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(func=_json_out(cmd_eval))
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def _json_out(command):
+    """Run ``command`` with every print of its own (tables, progress) on stderr, then print the
+    dict it returns as one JSON line on stdout, as every other command does."""
+
+    def run(args: argparse.Namespace) -> int:
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            result = command(args)
+        print(json.dumps(result))
+        return 0
+
+    run.__name__ = command.__name__
+    return run
+
+
+def cmd_data(args: argparse.Namespace) -> dict:
     from rollout.images import CropSetConfig, build_crop_set, gather_sources, save_crop_set
 
     cfg = CropSetConfig(crops_per_source=16 if args.smoke else args.crops_per_source,
@@ -77,9 +93,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     sources = gather_sources(use_apt=not (args.no_apt or args.smoke), cache=args.cache)
     arrays, manifest = build_crop_set(sources, cfg)
     save_crop_set(args.out, arrays, manifest)
-    print(f"{len(sources)} sources -> {manifest['counts']} crops, "
-          f"{len(arrays['views_a'])} view pairs -> {args.out}", file=sys.stderr)
-    return 0
+    return {"out": str(args.out), "sources": len(sources), "counts": manifest["counts"],
+            "view_pairs": len(arrays["views_a"])}
 
 
 def _passive_threads() -> None:
@@ -88,7 +103,7 @@ def _passive_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> dict:
     _passive_threads()
     import dataclasses
 
@@ -111,15 +126,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg = dataclasses.replace(tcfg, steps=20, batch_size=16, warmup=5, log_every=5)
     vq_cfg = VQConfig(num_codes=args.vq_codes, group_dim=args.vq_group_dim)
     arrays, manifest = load_crop_set(args.data)
-    print(f"TinyVAE parameters: {num_params(TinyVAE(cfg)):,}", file=sys.stderr)
-    model, rows = train(cfg, tcfg, arrays["train_crops"], init=args.init)
+    params = num_params(TinyVAE(cfg))
+    print(f"TinyVAE parameters: {params:,}", file=sys.stderr)
+    model, rows = train(cfg, tcfg, arrays["train_crops"], init=args.init,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
     finish_checkpoint(args.out, model, tcfg, vq_cfg, arrays["train_crops"], rows,
                       data={"path": str(args.data), "counts": manifest["counts"]})
-    print(f"checkpoint -> {args.out}", file=sys.stderr)
-    return 0
+    return {"out": str(args.out), "params": params, "steps": rows[-1]["step"] + 1 if rows else 0}
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> dict:
     need_dir(args.checkpoint, "--checkpoint", VAE_CHECKPOINT, "a folder written by `tinycompress vae train`")
     need_dir(args.data, "--data", CROP_SET, "write one with `tinycompress vae data --out DIR`")
     _passive_threads()
@@ -141,5 +157,4 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.report or args.checkpoint / "eval.json"
     out.write_text(json.dumps(report, indent=2, default=lambda o: o.tolist()
                               if isinstance(o, np.ndarray) else str(o)) + "\n")
-    print(f"report -> {out}", file=sys.stderr)
-    return 0
+    return {"report": str(out), "grid": str(grid)}

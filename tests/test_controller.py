@@ -67,7 +67,8 @@ def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
 
 
 def _tiny(**train) -> RunConfig:
-    base = {"steps": 3, "prompts_per_step": 4, "group_size": 2, "rollout_workers": 2, "validator_actors": 1,
+    # one rollout worker unless a test needs two: each actor's process imports torch and transformers
+    base = {"steps": 3, "prompts_per_step": 4, "group_size": 2, "rollout_workers": 1, "validator_actors": 1,
             "max_new_tokens": 12, "eval_every": 50, "eval_samples": 4, "checkpoint_every": 50,
             "tensorboard": False}
     return RunConfig.from_dict({"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12},
@@ -120,7 +121,8 @@ def test_killed_rollout_worker_and_validator_mid_step(ray_local, setup):
     completes with every sample scored exactly once, and the run goes on."""
     from cluster.controller import GRPOController
 
-    ctl = GRPOController(_tiny(steps=3), setup / "data", setup / "init", setup / "faults", log=lambda m: None)
+    ctl = GRPOController(_tiny(steps=3, rollout_workers=2), setup / "data", setup / "init", setup / "faults",
+                         log=lambda m: None)
     ctl.train_step()
     captured = []
     score = ctl.score

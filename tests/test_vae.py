@@ -260,12 +260,13 @@ def test_cli_smoke_data_train_eval(tmp_path):
         res = subprocess.run([sys.executable, "-m", "cluster.cli", "vae", *args], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
-        return res.stdout
+        return json.loads(res.stdout), res.stderr  # stdout is one JSON line; tables and progress on stderr
 
     data, ckpt = tmp_path / "crops", tmp_path / "ckpt"
-    run("data", "--out", str(data), "--smoke")
-    assert "parameters" in run("train", "--data", str(data), "--out", str(ckpt), "--smoke")
-    run("eval", "--checkpoint", str(ckpt), "--data", str(data), "--smoke")
+    assert run("data", "--out", str(data), "--smoke")[0]["out"] == str(data)
+    trained, progress = run("train", "--data", str(data), "--out", str(ckpt), "--smoke")
+    assert trained["params"] > 0 and trained["steps"] == 20 and "parameters" in progress
+    assert run("eval", "--checkpoint", str(ckpt), "--data", str(data), "--smoke")[0]["report"] == str(ckpt / "eval.json")
     report = json.loads((ckpt / "eval.json").read_text())
     methods = {r["method"] for r in report["table"]}
     assert any("PCA" in m for m in methods) and any("JPEG" in m for m in methods)
