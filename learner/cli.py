@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -13,7 +12,7 @@ def checked_config(path: str, sets: list[str], init: str | None = None):
     any) checked to be a whole checkpoint of the config's preset: a UsageError otherwise (one
     line, exit 2, before any work). ``train`` and ``sft`` both start here."""
     from learner.config import RunConfig
-    from learner.policy import check_init
+    from learner.presets import check_init
     from validator_actors.cli_args import UsageError, need_checkpoint
 
     try:
@@ -48,13 +47,14 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from validator_actors.cli_args import need_checkpoint, need_data
+
+    need_checkpoint(args.checkpoint, "--checkpoint")  # before torch is imported: a bad path fails at once
+    need_data(args.data, f"{args.split}.parquet")
     import torch
 
     from learner.evaluate import evaluate_checkpoint
-    from validator_actors.cli_args import need_checkpoint, need_data
 
-    need_checkpoint(args.checkpoint, "--checkpoint")
-    need_data(args.data, f"{args.split}.parquet")
     if args.threads:
         torch.set_num_threads(args.threads)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, limit=args.limit,
@@ -83,12 +83,13 @@ def _report_command(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import torch
-
-    from learner.report import build_report, parse_arm, parse_recorded
     from validator_actors.cli_args import UsageError, need_data
 
     need_data(args.data, "test.parquet", "heldout.parquet")
+    import torch
+
+    from learner.report import build_report, parse_arm, parse_recorded
+
     try:
         arms = [parse_arm(a) for a in args.arm]
         recorded = [parse_recorded(r) for r in args.recorded]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from learner.grpo_learner import GRPOConfig
-from learner.policy import PRESETS, PolicyConfig
-from rollout.rewrite import REWRITE_FORMS
+from learner.grpo_config import GRPOConfig
+from learner.presets import PRESETS, PolicyConfig
+from rollout.rewrite_forms import REWRITE_FORMS
 from validator_actors.cli_args import yaml_error
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import torch
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-SCALES = ("group", "batch", "none")
-CREDITS = ("sequence", "prefix")
+from learner.grpo_config import CREDITS, LOSS_TYPES, SCALES  # noqa: F401 (re-exported)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from rollout.rewrite_forms import IMITATION_SPANS, REWRITE_FORMS  # noqa: F401 (re-exported)
 from rollout.sampler import RolloutBatch, encode_completions
 from validator_actors.codebook import Codebook, load_codebook
 from validator_actors.ir import (IRSyntaxError, Meaning, collapsed_clauses, meaning, minimal, minimal_suffix,
@@ -64,7 +65,6 @@ def _clauses_collapsed(program: str, cb: Codebook) -> str | None:
     return None if body is None else body + _split(program, cb)[1]
 
 
-REWRITE_FORMS = ("edit", "shortcut", "clauses")
 
 
 def _split(program: str, cb: Codebook) -> tuple[str, str]:
@@ -225,7 +225,6 @@ def early_end_negatives(rollout: RolloutBatch, scores: Sequence[Score], tokenize
     return _negatives(rollout, picks, *encode_completions(tokenizer, [head for _, head in picks]))
 
 
-IMITATION_SPANS = ("all", "to_part")
 
 
 def rewrite_imitation(rollout: RolloutBatch, sampled: Sequence[Score], span: str = "all") -> torch.Tensor | None:

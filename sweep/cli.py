@@ -22,14 +22,14 @@ EXPERIMENT = "trials"
 
 def run_sweep(config: str | Path, data_dir: str | Path, out: str | Path, smoke: bool = False,
               resume: bool = False, log=print, overrides: list[str] | tuple = ()) -> dict:
+    sweep = _load(config, smoke, overrides)  # every point checked before Ray (or torch) is imported
+    need_data(data_dir, "val.parquet")
     import ray
     from ray import tune
 
     from sweep.trial import TrialSetup, mean_intent_tokens
     from sweep.warm_start import prepare_warm_starts
 
-    sweep = _load(config, smoke, overrides)  # every point checked before Ray starts
-    need_data(data_dir, "val.parquet")
     out = Path(out).resolve()
     experiment = out / EXPERIMENT
     if resume and not tune.Tuner.can_restore(experiment):
