@@ -8,6 +8,9 @@
 #   DRY=1 bash benchmarks/grpo_10m_headline.sh      # print the commands only
 #   PROMPTS_ONLY=1 bash benchmarks/grpo_10m_headline.sh   # build the four prompt folders (seconds)
 #
+# Resumable: run it again after an interruption and each phase already past is skipped, the
+# interrupted one resumed from the run's last checkpoint.
+#
 # DATA must be a `tinycompress data --out DIR --n 10000 --seed 0` folder (the warm start's data).
 # The phases reproduce how the recorded run was stopped and resumed at these checkpoints; the
 # samplers' RNG states are restored on each resume, but Ray scheduling is not deterministic, so
@@ -25,6 +28,7 @@ run() { echo "+ $*" >&2; [[ -n "${DRY:-}" ]] || "$@"; }
 
 prompts() {  # NAME [data flags]: DATA's files linked, with its own rl.parquet (4,000 intents, seed 0)
     local dir=$PROMPTS/$1; shift
+    [[ -n "${DRY:-}" || ! -e $dir/rl.parquet ]] || return 0      # built by an earlier run
     run mkdir -p "$dir"
     for f in "$DATA"/*; do
         [[ $(basename "$f") == rl.parquet ]] || run ln -sfn "$(realpath "$f")" "$dir/$(basename "$f")"
@@ -32,10 +36,22 @@ prompts() {  # NAME [data flags]: DATA's files linked, with its own rl.parquet (
     run "$TC" data --out "$dir" --rl 4000 --rl-only --seed 0 "$@"
 }
 
-phase() {  # CONFIG PROMPTS UNTIL_STEP [--resume]
+done_steps() {  # the step of RUN's latest checkpoint (0 without one)
+    local latest=$RUN/checkpoints/latest
+    [[ -e $latest ]] || { echo 0; return; }
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["step"])' "$RUN/checkpoints/$(cat "$latest")/state.json"
+}
+
+phase() {  # CONFIG PROMPTS UNTIL_STEP [--resume]: skipped when RUN is past UNTIL_STEP, resumed when
+           # RUN has a checkpoint (so the script picks up where an interrupted run stopped)
+    local resume=${4:-}
+    if [[ -z "${DRY:-}" ]]; then
+        (( $(done_steps) < $3 )) || { echo "+ phase to step $3: done" >&2; return 0; }
+        [[ -e $RUN/checkpoints/latest ]] && resume=--resume
+    fi
     run mkdir -p "$PROMPTS"
     [[ -n "${DRY:-}" ]] || sed "s/^  steps: .*/  steps: $3/" "$1" > "$PROMPTS/phase.yaml"
-    run "$TC" train --config "$PROMPTS/phase.yaml" --data "$PROMPTS/$2" --init "$INIT" --out "$RUN" ${4:-}
+    run "$TC" train --config "$PROMPTS/phase.yaml" --data "$PROMPTS/$2" --init "$INIT" --out "$RUN" $resume
 }
 
 prompts rl                                                  # train programs may recur in new words
