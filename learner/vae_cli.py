@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     import dataclasses
 
     from learner.vae import TinyVAE, VAEConfig, num_params
-    from learner.vae_train import TrainConfig, finish_checkpoint, train
+    from learner.vae_train import VAETrainConfig, finish_checkpoint, train
     from learner.vae_vq import VQConfig
     from rollout.images import load_crop_set
 
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = VAEConfig(widths=args.widths, latent_dim=args.latent_dim,
                     extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight,
                     recon=args.recon)
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    tcfg = VAETrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        threads=args.threads, time_limit_s=args.time_limit)
     if args.smoke:
         tcfg = dataclasses.replace(tcfg, steps=20, batch_size=16, warmup=5, log_every=5)

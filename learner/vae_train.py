@@ -2,7 +2,7 @@
 
 The loop reads like CleanRL: sample a batch -> loss -> update -> log, one short function
 each. A checkpoint is a folder: ``model.safetensors`` (weights), ``config.json`` (the
-``VAEConfig``, the ``TrainConfig``, the trust calibration and the model version) and
+``VAEConfig``, the ``VAETrainConfig``, the trust calibration and the model version) and
 ``log.jsonl`` (one line per logged step).
 """
 
@@ -25,7 +25,7 @@ MODEL_NAME = "tinyvae"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class VAETrainConfig:
     """How a TinyVAE is trained. Stored in the checkpoint's ``config.json``."""
 
     steps: int = 6000
@@ -60,20 +60,20 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def progress(tcfg: TrainConfig, step: int, elapsed: float) -> float:
+def progress(tcfg: VAETrainConfig, step: int, elapsed: float) -> float:
     """Fraction of training done: by steps, or by wall time when a time limit is set."""
     frac = step / tcfg.steps
     return max(frac, elapsed / tcfg.time_limit_s) if tcfg.time_limit_s else frac
 
 
-def lr_at(tcfg: TrainConfig, step: int, frac: float) -> float:
+def lr_at(tcfg: VAETrainConfig, step: int, frac: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay (by ``frac``) to 5% of the peak."""
     if step < tcfg.warmup:
         return tcfg.lr * (step + 1) / tcfg.warmup
     return tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def sample_batch(data: torch.Tensor, tcfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+def sample_batch(data: torch.Tensor, tcfg: VAETrainConfig, gen: torch.Generator) -> torch.Tensor:
     """A random batch (B, 3, H, W) with random horizontal flips."""
     idx = torch.randint(len(data), (tcfg.batch_size,), generator=gen)
     x = data[idx]
@@ -93,7 +93,7 @@ def train_step(model: TinyVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> d
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray, log=print,
+def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_crops: np.ndarray, log=print,
           init: Path | None = None) -> tuple[TinyVAE, list[dict]]:
     """Train a TinyVAE on uint8 crops (N, H, W, 3), fresh or from checkpoint ``init``."""
     torch.set_num_threads(tcfg.threads)
@@ -124,7 +124,7 @@ def train(cfg: VAEConfig, tcfg: TrainConfig, train_crops: np.ndarray, log=print,
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(out: Path, model: TinyVAE, tcfg: TrainConfig | None = None,
+def save_checkpoint(out: Path, model: TinyVAE, tcfg: VAETrainConfig | None = None,
                     extra: dict | None = None, rows: list[dict] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (+ ``log.jsonl``) into folder ``out``."""
     from safetensors.torch import save_file
@@ -163,7 +163,7 @@ def update_config(path: Path, **sections) -> None:
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def finish_checkpoint(out: Path, model: TinyVAE, tcfg: TrainConfig, vq_cfg, train_crops: np.ndarray,
+def finish_checkpoint(out: Path, model: TinyVAE, tcfg: VAETrainConfig, vq_cfg, train_crops: np.ndarray,
                       rows: list[dict], data: dict | None = None, max_fit: int = 20000) -> Path:
     """Calibrate trust, fit the VQ dictionary by k-means and export the int8 encoder; save all.
 

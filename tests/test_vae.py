@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from learner import vae_eval as ev
 from learner.vae import TinyVAE, VAEConfig, num_params, vae_loss
 from learner.vae_int8 import dynamic_int8, export_int8, load_int8, quantize_per_channel
-from learner.vae_train import TrainConfig, load_checkpoint, save_checkpoint, to_tensor, train, train_step
+from learner.vae_train import VAETrainConfig, load_checkpoint, save_checkpoint, to_tensor, train, train_step
 from learner.vae_trust import TrustCalibration, TrustedLatent, trust_score, wrap
 from learner.vae_vq import VectorQuantizer, VQConfig
 
@@ -109,11 +109,11 @@ def test_config_errors_are_actionable(kwargs, match):
 
 def test_train_config_errors():
     with pytest.raises(ValueError, match="lr"):
-        TrainConfig(lr=0)
+        VAETrainConfig(lr=0)
 
 
 def test_checkpoint_round_trip(tmp_path, model):
-    save_checkpoint(tmp_path, model, TrainConfig())
+    save_checkpoint(tmp_path, model, VAETrainConfig())
     back, config = load_checkpoint(tmp_path)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -245,7 +245,7 @@ def test_cross_view_identical_views_agree_perfectly(model, crops):
 
 
 def test_short_training_reduces_the_loss(crops):
-    _, rows = train(VAEConfig(), TrainConfig(steps=12, batch_size=16, warmup=2, log_every=11),
+    _, rows = train(VAEConfig(), VAETrainConfig(steps=12, batch_size=16, warmup=2, log_every=11),
                     crops, log=lambda s: None)
     assert rows[-1]["loss"] < rows[0]["loss"]
 
