@@ -57,12 +57,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _grpo(data: Path, run: Path, steps: int, log) -> dict:
     """A short GRPO run from the shipped warm start: the training job's whole Ray path."""
     import dataclasses
-    import os
     import shutil
 
     import ray
 
     from cluster.controller import GRPOController
+    from cluster.runtime import init_ray
     from learner.config import RunConfig
 
     cfg = RunConfig.from_yaml(GRPO_CONFIG)
@@ -70,8 +70,9 @@ def _grpo(data: Path, run: Path, steps: int, log) -> dict:
         cfg.train, steps=steps, prompts_per_step=4, group_size=4, eval_every=steps, eval_samples=16,
         checkpoint_every=steps, patience=0))
     shutil.rmtree(run, ignore_errors=True)
-    log(f"GRPO: {steps} steps from the shipped compressor on an embedded Ray -> {run}")
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    joined = init_ray(log_to_driver=False)  # the cluster in RAY_ADDRESS, else an embedded instance
+    log(f"GRPO: {steps} steps from the shipped compressor on {'the Ray cluster' if joined else 'an embedded Ray'} "
+        f"-> {run}")
     try:
         result = GRPOController(cfg, data, SHIPPED_COMPRESSOR, run, log=log).run()
     finally:

@@ -113,14 +113,14 @@ class Service:
 
     # ------------------------------------------------------------------ batching
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch(**BATCHING["compressor"])
     async def _compress_batch(self, requests: list[tuple[str, int]]) -> list[dict]:
         """Each request is (intent, k); the whole batch decodes in one pass, whatever each k."""
         answers = await self._run("compressor", self.compressor.compress, [t for t, _ in requests],
                                   [k for _, k in requests])
         return [{**a.to_dict(), "batch": len(requests)} for a in answers]
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    @serve.batch(**BATCHING["encoder"])
     async def _encode_batch(self, requests: list[tuple]) -> list[dict]:
         """Each request is one (64, 64, 3) uint8 crop and its entity id."""
         return await self._run("encoder", self.codec.encode, [p for p, _ in requests], [e for _, e in requests])

@@ -62,10 +62,11 @@ def app_config(config: str | Path = CONFIG, compressor: str | None = None, encod
     return {**cfg, "args": args}
 
 
-def start(compressor: str | None = None, encoder: str | None = None, host: str = "127.0.0.1",
-          port: int = 8000, config: str | Path = CONFIG, num_cpus: int | None = None,
+def start(compressor: str | None = None, encoder: str | None = None, host: str | None = None,
+          port: int | None = None, config: str | Path = CONFIG, num_cpus: int | None = None,
           overrides: tuple[str, ...] = ()) -> str:
-    """Start Ray (if needed) and the app; return its base URL. ``stop()`` undoes it."""
+    """Start Ray (if needed) and the app; return its base URL. ``stop()`` undoes it. ``host`` and
+    ``port`` default to the config file's ``http_options``."""
     import ray
     from ray import serve
 
@@ -76,6 +77,7 @@ def start(compressor: str | None = None, encoder: str | None = None, host: str =
     args = cfg["args"]
     if not ray.is_initialized():
         init_ray(num_cpus, log_to_driver=False)
+    host, port = host or cfg["http"].get("host", "127.0.0.1"), port or cfg["http"].get("port", 8000)
     http = {**cfg["http"], "host": host, "port": port}
     serve.start(http_options=http)
     serve.run(compose(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)
@@ -115,8 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the compressor and the TinyVAE encoder over HTTP (Ray Serve)")
     p.add_argument("--compressor", help="policy checkpoint folder (default: serve/assets/compressor_10m)")
     p.add_argument("--encoder", help="TinyVAE checkpoint folder (default: serve/assets/tinyvae)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=port_number, default=8000)
+    p.add_argument("--host", default=None, help="default: the config file's http_options.host (127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=None, help="default: the config file's http_options.port (8000)")
     p.add_argument("--config", default=str(CONFIG), help="Serve config file with the deployment settings")
     p.add_argument("--num-cpus", type=count(1), default=None, help="CPUs of the embedded Ray instance (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
