@@ -270,6 +270,11 @@ class RunConfig:
             raise ValueError("train.wrong_steps needs grpo.unlikelihood > 0 (the weight of the term they feed)")
         if self.train.imitate_best and self.grpo.rewrite_nll <= 0:
             raise ValueError("train.imitate_best needs grpo.rewrite_nll > 0 (the weight of the term it feeds)")
+        if self.grpo.loss_type == "dr_grpo" and self.train.max_new_tokens > self.grpo.max_completion_length:
+            # Dr. GRPO divides by this constant, which must bound every completion (the loss
+            # would refuse the first long one mid-run)
+            raise ValueError(f"grpo.loss_type dr_grpo needs grpo.max_completion_length >= train.max_new_tokens, got "
+                             f"{self.grpo.max_completion_length} < {self.train.max_new_tokens}")
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:

@@ -66,6 +66,8 @@ CASES = [
      "train.mode must be sync or async"),
     ("train --config {tiny} --data {data} --init {init} --out {out} --set train.stepz=2", "unknown key train.stepz"),
     ("train --config {tiny} --data {data} --init {init} --out {out} --set steps", "expected key.sub=value"),
+    ("train --config {tiny} --data {data} --init {init} --out {out} --set grpo.loss_type=dr_grpo "
+     "--set grpo.max_completion_length=8", "dr_grpo needs grpo.max_completion_length >= train.max_new_tokens, got 8 < 48"),
     # sft
     ("sft --config {tiny} --data {data} --out {out} --set sft.max_steps=-5", "sft.max_steps must be >= 0"),
     ("sft --config {tiny} --data {data} --out {out} --max-steps -5", "--max-steps: must be >= 1"),
