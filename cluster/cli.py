@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "learner.cli",
     "report": "learner.cli",
     "train": "cluster.train_cli",
+    "ppo": "cluster.ppo",
     "tune": "sweep.cli",
     "vae": "learner.vae_cli",
     "serve": "serve.cli",

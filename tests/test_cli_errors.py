@@ -101,6 +101,16 @@ CASES = [
     ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data {data} --out {out} --set tune.max_concurent=1",
      "unknown key tune.max_concurent"),
     ("tune --config " + str(CONFIGS / "sweep_tiny.yaml") + " --data /nonexistent --out {out}", "--data /nonexistent"),
+    # ppo: config, data, warm start and run folder before Ray starts
+    ("ppo --config " + str(CONFIGS / "tiny_ppo.yaml") + " --data {data} --init {init} --out {out} --set ppo.lrr=1",
+     "unknown key ppo.lrr"),
+    ("ppo --config " + str(CONFIGS / "tiny_ppo.yaml") + " --data {data} --init /nonexistent --out {out}",
+     "--init /nonexistent: no such folder"),
+    ("ppo --config " + str(CONFIGS / "10m_ppo.yaml") + " --data {data} --init {init} --out {out} --set ppo.split=train",
+     "the checkpoint holds the tiny policy, the config asks for 10m"),
+    ("ppo --config " + str(CONFIGS / "10m_ppo.yaml") + " --data {data} --init {init} --out {out}",
+     "rl.parquet is missing"),
+    ("ppo --config " + str(CONFIGS / "tiny_ppo.yaml") + " --data {data} --init {init} --out {full}", "folder is not empty"),
     # serve: checkpoints, config and --set checked before Ray starts
     ("serve --compressor /nonexistent", "--compressor /nonexistent: no such folder"),
     ("serve --compressor {truncated}", "not a whole safetensors file"),
