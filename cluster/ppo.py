@@ -299,16 +299,10 @@ def _ppo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from validator_actors.cli_args import count
+    from validator_actors.cli_args import run_arguments
 
     p = sub.add_parser("ppo", help="PPO through RLlib on the token-level environment, from a policy checkpoint")
-    p.add_argument("--config", required=True, help="a PPO config, e.g. tune_configs/10m_ppo.yaml")
-    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
-    p.add_argument("--init", required=True, help="the policy to start from (e.g. serve/assets/compressor_10m)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--max-steps", type=count(1), default=None, help="iterations (overrides ppo.iterations)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
-                   help="override one config value (repeatable), e.g. --set ppo.lr=3e-6")
+    run_arguments(p, config="a PPO config, e.g. tune_configs/10m_ppo.yaml", steps="ppo.iterations",
+                  example="ppo.lr=3e-6", init="the policy to start from (e.g. serve/assets/compressor_10m)",
+                  out="run folder: metrics.jsonl, checkpoints/, rllib/, config.yaml")
     p.set_defaults(func=_ppo)

@@ -42,16 +42,10 @@ def _run(cfg, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from validator_actors.cli_args import count
+    from validator_actors.cli_args import run_arguments
 
     p = sub.add_parser("train", help="GRPO training on Ray from a warm-start checkpoint")
-    p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
-    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
-    p.add_argument("--init", required=True, help="warm-start checkpoint (e.g. serve/assets/compressor_10m)")
-    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, best/, checkpoints/, config.yaml")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/latest")
-    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first (a new run)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
-                   help="override one config value (repeatable), e.g. --set grpo.lr=5e-5; checked like the file")
-    p.add_argument("--max-steps", type=count(1), default=None, help="override train.steps")
+    run_arguments(p, config="a preset such as tune_configs/10m.yaml", steps="train.steps", example="grpo.lr=5e-5",
+                  init="warm-start checkpoint (e.g. serve/assets/compressor_10m)",
+                  out="run folder: metrics.jsonl, best/, checkpoints/, config.yaml")
     p.set_defaults(func=_train)

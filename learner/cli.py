@@ -108,19 +108,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from validator_actors.cli_args import count, device
+    from validator_actors.cli_args import count, device, run_arguments
 
     p = sub.add_parser("sft", help="supervised warm start of a policy preset")
-    p.add_argument("--config", required=True, help="a preset such as tune_configs/10m.yaml")
-    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
-    p.add_argument("--out", required=True, help="checkpoint folder (the best one is kept)")
+    run_arguments(p, config="a preset such as tune_configs/10m.yaml", steps="sft.max_steps", example="sft.lr=3e-4",
+                  out="checkpoint folder (the best one is kept); --resume continues from its last evaluation")
     p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--max-steps", type=count(1), default=None, help="override sft.max_steps")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
-                   help="override one config value (repeatable), e.g. --set sft.lr=3e-4; checked like the file")
-    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its last evaluation (same config and data)")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (same preset and tokenizer), e.g. "
                         "serve/assets/compressor_10m, instead of a fresh initialization")

@@ -75,6 +75,23 @@ def widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def run_arguments(p: argparse.ArgumentParser, *, config: str, out: str, steps: str, example: str,
+                  init: str | None = None) -> None:
+    """The flags every training command shares: ``--config --data [--init] --out --resume
+    --overwrite --max-steps --set``; the strings say what each means for this command (``init``
+    None: the command adds its own ``--init``)."""
+    p.add_argument("--config", required=True, help=config)
+    p.add_argument("--data", required=True, help="folder written by `tinycompress data`")
+    if init is not None:
+        p.add_argument("--init", required=True, help=init)
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out first (a new run)")
+    p.add_argument("--max-steps", type=count(1), default=None, help=f"override {steps}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help=f"override one config value (repeatable), e.g. --set {example}; checked like the file")
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
     try:
