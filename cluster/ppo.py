@@ -182,37 +182,33 @@ class PPORun:
         return self.algo.get_module()
 
     def evaluate(self) -> dict:
-        """Greedy programs of the first ``eval_samples`` val intents, in lockstep batches."""
+        """Greedy programs (argmax of the masked action logits) of the first ``eval_samples`` val
+        intents, decoded 32 at a time in lockstep, scored by the validator."""
         import numpy as np
         import torch
         from ray.rllib.core.columns import Columns
 
+        from rollout.token_env import END
+
         env, module = self.val, self.module()
-        n = min(self.s.eval_samples, len(env.rows))
-        passed, tokens = [], []
-        for start in range(0, n, 32):
-            obs = []
-            for index in range(start, min(start + 32, n)):
-                o, _ = env.reset(options={"index": index})
-                obs.append((index, o, []))
+        judged = []
+        for start in range(0, min(self.s.eval_samples, len(env.rows)), 32):
+            programs = {i: [] for i in range(start, min(start + 32, self.s.eval_samples, len(env.rows)))}
             done = {}
-            while len(done) < len(obs):
-                live = [(i, o, acts) for i, o, acts in obs if i not in done]
-                batch = {k: torch.as_tensor(np.stack([o[k] for _, o, _ in live])) for k in live[0][1]}
+            while len(done) < len(programs):
+                live = [i for i in programs if i not in done]
+                views = [env.observe(i, programs[i]) for i in live]
+                batch = {k: torch.as_tensor(np.stack([v[k] for v in views])) for k in views[0]}
                 with torch.no_grad():
                     logits = module.forward_inference({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
-                for (i, o, acts), action in zip(live, logits.argmax(-1).tolist()):
-                    env.reset(options={"index": i})
-                    for a in acts:
-                        env.step(a)
-                    o2, reward, terminated, _, info = env.step(action)
-                    acts.append(action)
-                    o.update(o2)
-                    if terminated:
-                        done[i] = info
-            passed += [done[i]["valid"] for i, _, _ in obs]
-            tokens += [done[i]["tokens"] for i, _, _ in obs if done[i]["valid"]]
-        return {"val_pass_rate": round(float(np.mean(passed)), 4),
+                for i, action in zip(live, logits.argmax(-1).tolist()):
+                    if action == END:
+                        done[i] = env.judge(i, programs[i])[1]
+                    else:
+                        programs[i].append(action)
+            judged += done.values()
+        tokens = [info["tokens"] for info in judged if info["valid"]]
+        return {"val_pass_rate": round(float(np.mean([info["valid"] for info in judged])), 4),
                 "val_ir_tokens": round(float(np.mean(tokens)), 3) if tokens else None}
 
     def save(self) -> None:

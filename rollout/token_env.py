@@ -90,8 +90,7 @@ class TokenCompressionEnv(gym.Env):
             "program": gym.spaces.Box(0, n - 1, (max_program_tokens,), np.int64),
             "action_mask": gym.spaces.Box(0, 1, (n,), np.int8),
         })
-        self._row: dict | None = None
-        self._intent = np.zeros(max_intent_tokens, np.int64)
+        self._index: int | None = None
         self._program: list[int] = []
 
     # ------------------------------------------------------------------ encoding
@@ -104,52 +103,62 @@ class TokenCompressionEnv(gym.Env):
             raise KeyError(f"{program!r} uses tokens outside the action vocabulary: {missing}")
         return [self.index_of[i] for i in ids]
 
-    def program_text(self, actions: Sequence[int] | None = None) -> str:
-        actions = self._program if actions is None else actions
+    def program_text(self, actions: Sequence[int]) -> str:
         return self.tok.decode([int(self.vocabulary[a - 1]) for a in actions if a != END])
 
-    def action_mask(self) -> np.ndarray:
+    def action_mask(self, program: Sequence[int]) -> np.ndarray:
+        """The actions allowed after ``program``: no end on an empty one, only the end at the limit."""
         mask = np.ones(self.action_space.n, np.int8)
-        if not self._program:
+        if not program:
             mask[END] = 0
-        if len(self._program) >= self.max_program_tokens:
+        if len(program) >= self.max_program_tokens:
             mask[:] = 0
             mask[END] = 1
         return mask
 
-    def _observation(self) -> dict:
-        program = np.zeros(self.max_program_tokens, np.int64)
-        program[:len(self._program)] = self._program
-        return {"intent": self._intent.copy(), "program": program, "action_mask": self.action_mask()}
+    def intent_ids(self, index: int) -> np.ndarray:
+        """Row ``index``'s intent as token ids, cut to ``max_intent_tokens`` and right-padded."""
+        ids = self.tok.encode(self.rows[index]["intent"], add_special_tokens=False).ids[:self.max_intent_tokens]
+        out = np.full(self.max_intent_tokens, self.pad_id, np.int64)
+        out[:len(ids)] = ids
+        return out
+
+    def observe(self, index: int, program: Sequence[int]) -> dict:
+        """The observation of row ``index`` with ``program`` (action indices) written so far; no
+        episode state is read or changed, so many rows can be decoded in lockstep."""
+        written = np.zeros(self.max_program_tokens, np.int64)
+        written[:len(program)] = program
+        return {"intent": self.intent_ids(index), "program": written, "action_mask": self.action_mask(program)}
+
+    def judge(self, index: int, program: Sequence[int]) -> tuple[float, dict]:
+        """(reward, info) of ``program`` as row ``index``'s answer: the validator's score."""
+        row, text = self.rows[index], self.program_text(program)
+        result = score([row["intent"]], [text], [row["reference_hash"]], validator=self.validator,
+                       token_counter=self.token_counter)[0]
+        return float(result.reward), {"program": text, "valid": result.valid, "codes": list(result.codes),
+                                      "tokens": result.tokens, "id": row.get("id")}
 
     # ------------------------------------------------------------------ gymnasium
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         index = int(options["index"]) if options and "index" in options else int(self.np_random.integers(len(self.rows)))
-        self._row = self.rows[index]
-        ids = self.tok.encode(self._row["intent"], add_special_tokens=False).ids
-        self._intent = np.full(self.max_intent_tokens, self.pad_id, np.int64)
-        self._intent[:min(len(ids), self.max_intent_tokens)] = ids[:self.max_intent_tokens]
-        self._program = []
-        return self._observation(), {"index": index, "id": self._row.get("id"),
-                                     "intent_truncated": len(ids) > self.max_intent_tokens}
+        self._index, self._program = index, []
+        words = len(self.tok.encode(self.rows[index]["intent"], add_special_tokens=False).ids)
+        return self.observe(index, self._program), {"index": index, "id": self.rows[index].get("id"),
+                                                    "intent_truncated": words > self.max_intent_tokens}
 
     def step(self, action):
-        if self._row is None:
+        if self._index is None:
             raise RuntimeError("call reset() before step()")
         action = int(action)
-        if not self.action_mask()[action]:
+        if not self.action_mask(self._program)[action]:
             raise ValueError(f"action {action} is masked now (program length {len(self._program)})")
         if action != END:  # at the length limit the mask leaves only the end action
             self._program.append(action)
-            return self._observation(), 0.0, False, False, {}
-        program = self.program_text()
-        result = score([self._row["intent"]], [program], [self._row["reference_hash"]],
-                       validator=self.validator, token_counter=self.token_counter)[0]
-        info = {"program": program, "valid": result.valid, "codes": list(result.codes), "tokens": result.tokens,
-                "id": self._row.get("id")}
-        return self._observation(), float(result.reward), True, False, info
+            return self.observe(self._index, self._program), 0.0, False, False, {}
+        reward, info = self.judge(self._index, self._program)
+        return self.observe(self._index, self._program), reward, True, False, info
 
 
 if ENV_ID not in gym.registry:

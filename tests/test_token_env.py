@@ -76,3 +76,17 @@ def test_actions_cover_every_val_and_test_program_but_no_intent_words(env, tiny_
     assert not any(w.startswith("Ġ") for w in words), "a token with a leading space is an intent word"
     with pytest.raises(KeyError, match="outside the action vocabulary"):
         env.encode_program("C3? please")
+
+
+def test_observe_and_judge_are_the_episodes_own_without_its_state(env):
+    """Lockstep decoding (PPO's evaluation) reads observations and rewards without stepping."""
+    index = 3
+    actions = env.encode_program(env.rows[index]["program"])
+    obs, _ = env.reset(options={"index": index})
+    for n, action in enumerate(actions + [END]):
+        view = env.observe(index, actions[:n])
+        assert all(np.array_equal(view[k], obs[k]) for k in obs)
+        obs, reward, terminated, _, info = env.step(action)
+    assert terminated and env.judge(index, actions) == (reward, info)
+    env.reset(options={"index": 0})
+    assert env.judge(index, actions) == (reward, info), "judging a row leaves the episode alone"
