@@ -20,6 +20,19 @@ TEXT_CHARSET = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
 MAX_INTENT_CHARS = 2048
 
 
+def episode_rows(rows: Sequence[dict] | None, data_dir: str | Path | None, split: str, env: str) -> list[dict]:
+    """The rows an environment draws its episodes from: ``rows``, or the ``split`` of
+    ``data_dir``; a ValueError naming ``env`` when there are none."""
+    if rows is None:
+        if data_dir is None:
+            raise ValueError(f"{env} needs rows or data_dir")
+        from rollout.dataset import read_split
+        rows = read_split(data_dir, split).to_pylist()
+    if not rows:
+        raise ValueError(f"{env} needs at least one row")
+    return list(rows)
+
+
 class CompressionEnv(gym.Env):
     """``reset() -> (intent, info)``; ``step(program) -> (intent, reward, True, False, info)``.
 
@@ -31,14 +44,7 @@ class CompressionEnv(gym.Env):
 
     def __init__(self, rows: Sequence[dict] | None = None, *, data_dir: str | Path | None = None,
                  split: str = "train", token_counter: Callable | None = None):
-        if rows is None:
-            if data_dir is None:
-                raise ValueError("CompressionEnv needs rows or data_dir")
-            from rollout.dataset import read_split
-            rows = read_split(data_dir, split).to_pylist()
-        if not rows:
-            raise ValueError("CompressionEnv needs at least one row")
-        self.rows = list(rows)
+        self.rows = episode_rows(rows, data_dir, split, type(self).__name__)
         self.validator = Validator()
         self.token_counter = token_counter
         self.observation_space = gym.spaces.Text(max_length=MAX_INTENT_CHARS, charset=TEXT_CHARSET)

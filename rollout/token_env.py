@@ -28,6 +28,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from rollout.env import episode_rows
 from validator_actors.tokens import TokenCounter, resolve_tokenizer_path
 from validator_actors.validator import Validator, score
 
@@ -57,14 +58,7 @@ class TokenCompressionEnv(gym.Env):
                  max_intent_tokens: int = 190, max_program_tokens: int = 96, token_counter: Callable | None = None):
         from tokenizers import Tokenizer
 
-        from rollout.dataset import read_split
-
-        if rows is None:
-            if data_dir is None:
-                raise ValueError("TokenCompressionEnv needs rows or data_dir")
-            rows = read_split(data_dir, split).to_pylist()
-        if not rows:
-            raise ValueError("TokenCompressionEnv needs at least one row")
+        rows = episode_rows(rows, data_dir, split, type(self).__name__)
         if max_intent_tokens < 1 or max_program_tokens < 1:
             raise ValueError("max_intent_tokens and max_program_tokens must be >= 1")
         if tokenizer is None:
@@ -74,7 +68,7 @@ class TokenCompressionEnv(gym.Env):
         path = resolve_tokenizer_path(tokenizer)
         self.tok = Tokenizer.from_file(str(path))
         self.pad_id = self.tok.token_to_id("<|pad|>")
-        self.rows = list(rows)
+        self.rows = rows
         self.validator = Validator()
         self.token_counter = token_counter or TokenCounter(path)  # IR tokens as GRPO counts them
         if vocabulary is None:
