@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from ray.exceptions import RayActorError
 from safetensors.torch import load_file, save_file
 
 from cluster.actors import LearnerActor, RolloutActor
+from cluster.run_folder import point_latest
 from learner.config import RunConfig, TrainConfig
 from learner.grpo_learner import ScoredBatch
 from rollout.dataset import read_split
@@ -139,12 +138,7 @@ class GRPOController:
                  "evals_without_gain": self.evals_without_gain, "seed": self.t.seed,
                  "inflight_version": inflight_version}
         (path / "state.json").write_text(json.dumps(state))
-        tmp = self.out / "checkpoints" / "latest.tmp"
-        tmp.write_text(path.name)
-        os.replace(tmp, self.out / "checkpoints" / "latest")  # atomic: a kill leaves the old one
-        if self.t.keep_checkpoints:  # the newest ones only, once the pointer names the new one
-            for old in sorted(path.parent.glob("step_*"))[:-self.t.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+        point_latest(path, self.t.keep_checkpoints)
         return path
 
     def _restore(self, path: Path) -> None:

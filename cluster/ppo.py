@@ -56,6 +56,8 @@ class PPOSettings:
     eval_every: int = 10
     eval_samples: int = 200
     checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    """Policy checkpoints kept, the newest (0 = all)."""
     seed: int = 0
     tensorboard: bool = True
 
@@ -66,6 +68,8 @@ class PPOSettings:
         bad = [k for k, v in counts.items() if not isinstance(v, int) or v < 1]
         if bad:
             raise ValueError(f"ppo.{bad[0]} must be an integer >= 1, got {counts[bad[0]]!r}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"ppo.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if self.env_runners < 0 or self.minibatch_size > self.train_batch_size:
             raise ValueError("ppo.env_runners must be >= 0 and ppo.minibatch_size <= ppo.train_batch_size")
         if not (self.lr > 0 and 0 < self.gamma <= 1 and 0 <= self.lambda_ <= 1 and self.clip_param > 0):
@@ -212,6 +216,7 @@ class PPORun:
                 "val_ir_tokens": round(float(np.mean(tokens)), 3) if tokens else None}
 
     def save(self) -> None:
+        from cluster.run_folder import point_latest
         from learner.policy import load_policy, policy_config_from_meta, save_policy
 
         self.algo.save_to_path(str(self.out / "rllib"))
@@ -220,7 +225,7 @@ class PPORun:
         folder = self.out / "checkpoints" / f"step_{self.step:06d}"
         save_policy(self.module().policy, tok, policy_config_from_meta(meta), folder,
                     {"stage": "ppo", "step": self.step, "init": str(self.init)})
-        (self.out / "checkpoints" / "latest").write_text(folder.name + "\n")
+        point_latest(folder, self.s.keep_checkpoints)
 
     def run(self) -> dict:
         s = self.s

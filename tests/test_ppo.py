@@ -49,6 +49,8 @@ def test_two_ppo_iterations_then_a_resume_that_continues_them(ray_local, tiny_gr
     assert [r["step"] for r in rows] == [1, 2, 3], "no iteration lost or repeated"
     assert rows[2]["env_steps"] == 3 * settings.train_batch_size, "the resumed run's counters continue"
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_000003"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["latest", "step_000002", "step_000003"], "ppo.keep_checkpoints: 2 keeps the newest two"
 
 
 @pytest.mark.parametrize("changes, message", [
