@@ -81,7 +81,7 @@ class PPOSettings:
 def load_config(path: str | Path, overrides=()) -> tuple[str, PPOSettings]:
     """(model preset, settings) of a PPO config file with ``--set`` overrides; ValueError naming
     the key for anything unknown or out of range."""
-    from learner.config import apply_overrides
+    from learner.config import apply_overrides, build_section
     from validator_actors.cli_args import yaml_error
 
     try:
@@ -94,15 +94,11 @@ def load_config(path: str | Path, overrides=()) -> tuple[str, PPOSettings]:
     unknown = sorted(set(raw) - {"model", "ppo"})
     if unknown:
         raise ValueError(f"{path}: unknown section {unknown[0]}; a PPO config has model and ppo")
-    fields = {f.name for f in dataclasses.fields(PPOSettings)}
-    extra = sorted(set(raw.get("ppo") or {}) - fields)
-    if extra:
-        raise ValueError(f"{path}: unknown key ppo.{extra[0]}")
     preset = (raw.get("model") or {}).get("preset")
     if not preset:
         raise ValueError(f"{path}: model.preset is missing")
     try:
-        return preset, PPOSettings(**(raw.get("ppo") or {}))
+        return preset, build_section(PPOSettings, raw.get("ppo") or {}, "ppo")
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
 

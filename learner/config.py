@@ -278,7 +278,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:
-        return _build(cls, raw or {}, "")
+        return build_section(cls, raw or {}, "")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: typing.Iterable[str] = ()) -> RunConfig:
@@ -345,7 +345,9 @@ def _check_type(value, hint, key: str):
     raise TypeError(f"{key} must be {names}, got {value!r}")
 
 
-def _build(cls, raw, prefix: str):
+def build_section(cls, raw, prefix: str):
+    """The dataclass ``cls`` from the mapping ``raw``: unknown keys and wrong types are errors
+    naming the dotted key (``prefix.key``); nested dataclass fields are built the same way."""
     if not isinstance(raw, dict):
         raise TypeError(f"{prefix or 'config'} must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -359,7 +361,7 @@ def _build(cls, raw, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
+            kwargs[name] = build_section(hint, value, key)
         else:
             kwargs[name] = _check_type(value, hint, key)
     return cls(**kwargs)

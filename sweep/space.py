@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from learner.config import RunConfig, _build
+from learner.config import RunConfig, build_section
 
 SFT_INIT = "sft"
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
@@ -169,7 +169,7 @@ def _parse(path: Path, raw: dict, smoke: bool) -> SweepConfig:
         raw = deep_merge(raw, smoke_raw)
     if not raw.get("presets"):
         raise ValueError("presets: name at least one preset (e.g. 10m: {config: 10m.yaml, init: ...})")
-    presets = {name: _build(PresetEntry, entry, f"presets.{name}") for name, entry in raw["presets"].items()}
+    presets = {name: build_section(PresetEntry, entry, f"presets.{name}") for name, entry in raw["presets"].items()}
     for where, section in [("fixed", raw.get("fixed") or {})] + [
             (f"presets.{n}.overrides", e.overrides) for n, e in presets.items()]:
         _check_not_owned(where, section)
@@ -177,7 +177,7 @@ def _parse(path: Path, raw: dict, smoke: bool) -> SweepConfig:
              for name, entry in presets.items()}
     sweep = SweepConfig(path=path.resolve(), presets=presets, bases=bases,
                         search={k: _dimension(k, v) for k, v in (raw.get("search") or {}).items()},
-                        tune=_build(TuneSettings, raw.get("tune") or {}, "tune"))
+                        tune=build_section(TuneSettings, raw.get("tune") or {}, "tune"))
     for name in presets:
         _check_init(sweep, name)
     _check_every_point(sweep)
