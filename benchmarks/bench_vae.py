@@ -49,7 +49,7 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 def memory_probe(ckpt: Path, batch: int, threads: int) -> dict:
     """Run in a fresh process: RSS growth from loading the model and encoding one batch."""
-    from learner.vae_train import load_checkpoint
+    from learner.vae.train import load_checkpoint
 
     torch.set_num_threads(threads)
     with torch.inference_mode():  # start the runtime (oneDNN, allocator) before the baseline
@@ -71,9 +71,9 @@ def probe(ckpt: Path, batch: int, threads: int) -> dict:
 
 
 def speed_rows(ckpt: Path, repeats: int) -> list[dict]:
-    from learner.vae_eval import PCA
-    from learner.vae_int8 import dynamic_int8, load_int8
-    from learner.vae_train import load_checkpoint
+    from learner.vae.quality import PCA
+    from learner.vae.int8 import dynamic_int8, load_int8
+    from learner.vae.train import load_checkpoint
 
     model, _ = load_checkpoint(ckpt)
     encoders = {"TinyVAE encoder fp32": model.encoder, "TinyVAE encoder dynamic-int8": dynamic_int8(model.encoder)}

@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "cluster.train_cli",
     "ppo": "cluster.ppo",
     "tune": "sweep.cli",
-    "vae": "learner.vae_cli",
+    "vae": "learner.vae.cli",
     "serve": "serve.cli",
 }
 

@@ -1,4 +1,4 @@
-"""Data and environment: intent generator, tokenizer, rule-based baseline, gym env.
+"""Data and environment: intent generator, tokenizer, rule-based baseline, gym envs, sampler.
 
 May import ``validator_actors``; never ``learner``, ``cluster`` or ``serve``.
 """

@@ -85,9 +85,9 @@ class ImageCodec:
     def __init__(self, cfg: EncoderConfig | None = None):
         import torch
 
-        from learner.vae_report import load_quantizer
-        from learner.vae_train import load_checkpoint
-        from learner.vae_trust import TrustCalibration
+        from learner.vae.report import load_quantizer
+        from learner.vae.train import load_checkpoint
+        from learner.vae.trust import TrustCalibration
 
         self.cfg = cfg or EncoderConfig()
         torch.set_num_threads(self.cfg.threads)
@@ -107,7 +107,7 @@ class ImageCodec:
         """(64, 64, 3) uint8 crops -> one ``{latent, codes, trust}`` dict each."""
         import torch
 
-        from learner.vae_trust import wrap
+        from learner.vae.trust import wrap
 
         x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
         out = []

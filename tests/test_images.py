@@ -1,11 +1,11 @@
-"""rollout/images.py: crops, the split by source, views. scikit-image photographs only."""
+"""learner/vae/images.py: crops, the split by source, views. scikit-image photographs only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rollout import images as im
+from learner.vae import images as im
 
 
 @pytest.fixture(scope="module")

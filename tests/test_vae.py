@@ -18,19 +18,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learner import vae_eval as ev
-from learner.vae import TinyVAE, VAEConfig, num_params, vae_loss
-from learner.vae_int8 import dynamic_int8, export_int8, load_int8, quantize_per_channel
-from learner.vae_train import VAETrainConfig, load_checkpoint, save_checkpoint, to_tensor, train, train_step
-from learner.vae_trust import TrustCalibration, TrustedLatent, trust_score, wrap
-from learner.vae_vq import VectorQuantizer, VQConfig
+from learner.vae import quality as ev
+from learner.vae.model import TinyVAE, VAEConfig, num_params, vae_loss
+from learner.vae.int8 import dynamic_int8, export_int8, load_int8, quantize_per_channel
+from learner.vae.train import VAETrainConfig, load_checkpoint, save_checkpoint, to_tensor, train, train_step
+from learner.vae.trust import TrustCalibration, TrustedLatent, trust_score, wrap
+from learner.vae.vq import VectorQuantizer, VQConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
-    from rollout.images import CropSetConfig, build_crop_set, skimage_sources
+    from learner.vae.images import CropSetConfig, build_crop_set, skimage_sources
 
     arrays, _ = build_crop_set(skimage_sources(), CropSetConfig(crops_per_source=4, view_pairs=0))
     return arrays["train_crops"]  # (N, 64, 64, 3) uint8

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from learner.vae import TinyVAE, kl_per_dim
+from learner.vae.model import TinyVAE, kl_per_dim
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import io
 import numpy as np
 import torch
 
-from learner.vae import TinyVAE
+from learner.vae.model import TinyVAE
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ def _json_out(command):
 
 
 def cmd_data(args: argparse.Namespace) -> dict:
-    from rollout.images import CropSetConfig, build_crop_set, gather_sources, save_crop_set
+    from learner.vae.images import CropSetConfig, build_crop_set, gather_sources, save_crop_set
 
     cfg = CropSetConfig(crops_per_source=16 if args.smoke else args.crops_per_source,
                         test_fraction=args.test_fraction, seed=args.seed,
@@ -107,10 +107,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     _passive_threads()
     import dataclasses
 
-    from learner.vae import TinyVAE, VAEConfig, num_params
-    from learner.vae_train import VAETrainConfig, finish_checkpoint, train
-    from learner.vae_vq import VQConfig
-    from rollout.images import load_crop_set
+    from learner.vae.model import TinyVAE, VAEConfig, num_params
+    from learner.vae.train import VAETrainConfig, finish_checkpoint, train
+    from learner.vae.vq import VQConfig
+    from learner.vae.images import load_crop_set
 
     need_dir(args.data, "--data", CROP_SET, "write one with `tinycompress vae data --out DIR`")
     if args.init is not None:
@@ -141,8 +141,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     _passive_threads()
     import numpy as np
 
-    from learner.vae_report import evaluate, save_cross_view_plot
-    from rollout.images import load_crop_set
+    from learner.vae.report import evaluate, save_cross_view_plot
+    from learner.vae.images import load_crop_set
 
     arrays, _ = load_crop_set(args.data)
     grid = args.grid or args.checkpoint / "grid.png"

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner import vae_eval as ev
-from learner.vae_int8 import dynamic_int8, load_int8
-from learner.vae_train import load_checkpoint, to_tensor
-from learner.vae_trust import TrustCalibration, error_and_kl, trust_score
-from learner.vae_vq import VectorQuantizer, VQConfig
-from rollout.images import VIEW_KINDS
+from learner.vae import quality as ev
+from learner.vae.int8 import dynamic_int8, load_int8
+from learner.vae.train import load_checkpoint, to_tensor
+from learner.vae.trust import TrustCalibration, error_and_kl, trust_score
+from learner.vae.vq import VectorQuantizer, VQConfig
+from learner.vae.images import VIEW_KINDS
 
 
 def load_quantizer(ckpt: Path, config: dict) -> VectorQuantizer | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from learner.vae import Encoder, VAEConfig
+from learner.vae.model import Encoder, VAEConfig
 
 
 def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

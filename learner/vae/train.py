@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner.vae import TinyVAE, VAEConfig, vae_loss
+from learner.vae.model import TinyVAE, VAEConfig, vae_loss
 
 MODEL_NAME = "tinyvae"
 
@@ -172,9 +172,9 @@ def finish_checkpoint(out: Path, model: TinyVAE, tcfg: VAETrainConfig, vq_cfg, t
     """
     from safetensors.torch import save_file
 
-    from learner.vae_int8 import export_int8
-    from learner.vae_trust import calibrate, error_and_kl
-    from learner.vae_vq import VectorQuantizer
+    from learner.vae.int8 import export_int8
+    from learner.vae.trust import calibrate, error_and_kl
+    from learner.vae.vq import VectorQuantizer
 
     idx = np.linspace(0, len(train_crops) - 1, min(max_fit, len(train_crops))).astype(int)
     x = to_tensor(train_crops[idx])  # (N, 3, H, W)
