@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from learner.policy import load_policy  # noqa: E402
 from rollout.dataset import read_split  # noqa: E402
 from rollout.sampler import Sampler  # noqa: E402
-from rollout.tokenizer import count_tokens, load_bpe  # noqa: E402
+from validator_actors.tokens import TokenCounter  # noqa: E402
 from validator_actors.validator import Validator  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def explore_stats(checkpoint: str, data: str, split: str = "val", n: int = 200, 
                   temperature: float = 1.0, batch: int = 16, seed: int = 0) -> dict:
     model, tok, _ = load_policy(checkpoint)
     rows = read_split(data, split).to_pylist()[:n]
-    bpe, validator = load_bpe(Path(data) / "tokenizer"), Validator()
+    count, validator = TokenCounter(Path(data) / "tokenizer"), Validator()
     sampler = Sampler(model, tok, temperature=temperature)
     gen = torch.Generator().manual_seed(seed)
     nll, n_tok, per_intent = 0.0, 0, []
@@ -52,9 +52,9 @@ def explore_stats(checkpoint: str, data: str, split: str = "val", n: int = 200, 
         for j, r in enumerate(chunk):
             texts = out.texts[j * draws : (j + 1) * draws]
             valid = [t for t in texts if validator.validate(t, r["reference_hash"]).valid]
-            lengths = count_tokens(bpe, valid) if valid else []
-            g_len = count_tokens(bpe, [greedy[j]])[0]
-            min_len = count_tokens(bpe, [r["minimal"]])[0]
+            lengths = count(valid) if valid else []
+            g_len = count([greedy[j]])[0]
+            min_len = count([r["minimal"]])[0]
             per_intent.append({
                 "valid": len(valid), "forms": len(set(valid)), "lengths": len(set(lengths)),
                 "greedy_pass": validator.validate(greedy[j], r["reference_hash"]).valid,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor  # noqa: E402
 from rollout.dataset import read_split  # noqa: E402
-from rollout.tokenizer import count_tokens, load_bpe  # noqa: E402
+from validator_actors.tokens import TokenCounter  # noqa: E402
 
 SPLITS = ("test", "heldout")
 
@@ -67,13 +67,13 @@ def main() -> None:
             {s: _figures(json.load(open(f"docs/bench/eval_grpo_try32_step580_{s}_cpu.json"))) for s in SPLITS},
             "(a) + about 3 CPU h (590 steps, recorded)"),
     }
-    bpe, base = load_bpe(Path(a.data) / "tokenizer"), RuleBasedCompressor()
+    count, base = TokenCounter(Path(a.data) / "tokenizer"), RuleBasedCompressor()
     for name, fn in (("(f) rule-based baseline", base.compress),
                      ("(f) rule-based baseline, minimal form", base.compress_minimal)):
         figs = {}
         for s in SPLITS:
             rows = read_split(a.data, s).to_pylist()
-            r = evaluate_compressor(fn, rows, lambda t: count_tokens(bpe, t))
+            r = evaluate_compressor(fn, rows, count)
             figs[s] = {"pass_rate": r["pass_rate"], "tokens": r["program_tokens_mean"],
                        "compression": r["compression_mean"], "n": r["n"]}
         arms[name] = (figs, "none")

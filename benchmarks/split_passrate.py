@@ -18,7 +18,7 @@ import torch
 from learner.policy import load_policy
 from rollout.dataset import read_split
 from rollout.sampler import Sampler
-from rollout.tokenizer import count_tokens, load_bpe
+from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, score
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     rows = read_split(a.data, a.split).to_pylist()
-    validator, bpe = Validator(), load_bpe(f"{a.data}/tokenizer")
+    validator, count = Validator(), TokenCounter(f"{a.data}/tokenizer")
     is_set = ["*" in r["minimal"] for r in rows]
     for ckpt in a.checkpoints:
         model, tok, _ = load_policy(ckpt, device="cpu")
@@ -40,7 +40,7 @@ def main() -> None:
         for i in range(0, len(rows), 50):
             texts += sampler.sample([r["intent"] for r in rows[i : i + 50]], 1, greedy=True).texts
         scores = score([r["intent"] for r in rows], texts, [r["reference_hash"] for r in rows],
-                       validator=validator, token_counter=lambda t: count_tokens(bpe, t))
+                       validator=validator, token_counter=count)
         ok = [s.valid for s in scores]
         n_set = sum(is_set)
         print(json.dumps({

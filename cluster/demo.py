@@ -20,7 +20,7 @@ GRPO_CONFIG = ROOT / "tune_configs" / "10m.yaml"
 def _demo(args: argparse.Namespace) -> int:
     from rollout.baseline import RuleBasedCompressor, evaluate_compressor
     from rollout.dataset import build_dataset, read_split
-    from rollout.tokenizer import count_tokens, load_bpe
+    from validator_actors.tokens import TokenCounter
 
     log = lambda m: print(f"[demo] {m}", file=sys.stderr, flush=True)  # noqa: E731
     out = Path(args.out)
@@ -29,7 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
         stats = json.loads((out / "stats.json").read_text())
     else:
         stats = build_dataset(out, n=args.n, seed=args.seed, progress=log)
-    tok = load_bpe(out / "tokenizer")
+    count = TokenCounter(out / "tokenizer")
     baseline = RuleBasedCompressor()
     figures = {"data": str(out), "reference_compression": {
         s: stats["splits"][s]["compression_mean"] for s in ("train", "val", "test", "heldout")}}
@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
         log(f"scoring the rule-based baseline on {split}")
         rows = read_split(out, split).to_pylist()
         figures[f"baseline_{split}"] = evaluate_compressor(
-            baseline.compress, rows, lambda t: count_tokens(tok, t), progress=f"rule-based, {split}")
+            baseline.compress, rows, count, progress=f"rule-based, {split}")
     if args.model_rows and SHIPPED_COMPRESSOR.exists():
         import torch
 

@@ -16,7 +16,7 @@ from learner.policy import load_policy
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor
 from rollout.dataset import read_split
 from rollout.sampler import Sampler
-from rollout.tokenizer import count_tokens, load_bpe
+from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator
 
 
@@ -45,8 +45,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     model, tok, meta = load_policy(checkpoint, device=device)
     rows = read_split(data_dir, split).to_pylist()
     rows = rows[:limit] if limit else rows
-    bpe = load_bpe(Path(data_dir) / "tokenizer")
-    counter = lambda texts: count_tokens(bpe, texts)  # noqa: E731
+    counter = TokenCounter(Path(data_dir) / "tokenizer")
     validator = Validator()
     sampler = Sampler(model, tok, max_new_tokens=max_new_tokens)
     compress = lambda intent: sampler.sample([intent], 1, greedy=True).texts[0]  # noqa: E731

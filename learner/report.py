@@ -253,15 +253,14 @@ def build_report(data_dir: str | Path, arms: list[ArmSpec], out: str | Path, *, 
     """Measure, analyse, draw and write the report; returns ``report.json``'s content."""
     from learner import report_figures, report_markdown
     from rollout.dataset import read_split
-    from rollout.tokenizer import count_tokens, load_bpe
+    from validator_actors.tokens import TokenCounter
     from validator_actors.validator import Validator
 
     out = Path(out)
     t0, meta = time.perf_counter(), {"machine": machine(), "command": command, "data": str(data_dir),
                                      "limit": limit, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = {s: read_split(data_dir, s).to_pylist()[: limit or None] for s in SPLITS}
-    bpe = load_bpe(Path(data_dir) / "tokenizer")
-    counter = lambda texts: count_tokens(bpe, texts)  # noqa: E731
+    counter = TokenCounter(Path(data_dir) / "tokenizer")
     validator, results, infos = Validator(), [], {}
     for spec in arms:
         log(f"[report] measuring {spec.name} on {sum(map(len, rows.values()))} rows")

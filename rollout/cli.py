@@ -44,17 +44,17 @@ def _data(args: argparse.Namespace) -> int:
 def _baseline(args: argparse.Namespace) -> int:
     from rollout.baseline import RuleBasedCompressor, evaluate_compressor
     from rollout.dataset import read_split
-    from rollout.tokenizer import count_tokens, load_bpe
+    from validator_actors.tokens import TokenCounter
     from validator_actors.cli_args import need_data
 
     need_data(args.data, f"{args.split}.parquet")
     rows = read_split(args.data, args.split).to_pylist()
     if args.limit:
         rows = rows[: args.limit]
-    tok = load_bpe(f"{args.data}/tokenizer")
+    count = TokenCounter(f"{args.data}/tokenizer")
     base = RuleBasedCompressor()
     compress = base.compress_minimal if args.minimal else base.compress
-    result = evaluate_compressor(compress, rows, lambda t: count_tokens(tok, t), progress="rule-based")
+    result = evaluate_compressor(compress, rows, count, progress="rule-based")
     name = "rule-based, minimal form" if args.minimal else "rule-based"
     print(json.dumps({"compressor": name, "split": args.split} | result, indent=2))
     return 0

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rollout.intents import Example, IntentGenerator, surface_program, template_ids
-from rollout.tokenizer import count_tokens, save_tokenizer, train_bpe
+from rollout.tokenizer import save_tokenizer, train_bpe
+from validator_actors.tokens import TokenCounter
 from validator_actors import ir
 from validator_actors.codebook import Codebook, load_codebook
 from validator_actors.validator import Validator
@@ -68,7 +69,7 @@ def split_sizes(n: int) -> dict[str, int]:
     return {"train": train, "val": val, "test": n - train - val}
 
 
-def _rows(examples: list[Example], split: str, cb: Codebook, validator: Validator, tok) -> dict:
+def _rows(examples: list[Example], split: str, cb: Codebook, validator: Validator, count: TokenCounter) -> dict:
     programs = [ir.canonical(e.meaning, cb) for e in examples]
     minimals = [ir.minimal(e.meaning, cb) for e in examples]
     intents = [e.intent for e in examples]
@@ -84,9 +85,9 @@ def _rows(examples: list[Example], split: str, cb: Codebook, validator: Validato
         "n_clauses": [len(e.meaning.clauses) for e in examples],
         "n_atoms": [sum(len(c) for c in e.meaning.clauses) for e in examples],
         "tags": [list(e.tags) for e in examples],
-        "intent_tokens": count_tokens(tok, intents),
-        "program_tokens": count_tokens(tok, programs),
-        "minimal_tokens": count_tokens(tok, minimals),
+        "intent_tokens": count(intents),
+        "program_tokens": count(programs),
+        "minimal_tokens": count(minimals),
     }
 
 
@@ -177,10 +178,11 @@ def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: in
         para_gen = IntentGenerator(cb, seed + 1_000_003)
         parts["train_paraphrases"] = _paraphrases(para_gen, parts["train"], paraphrases, seen_intents)
     save_tokenizer(tok, out / "tokenizer")
+    count = TokenCounter(out / "tokenizer")
     stats: dict = {"seed": seed, "n": n, "codebook_version": cb.version,
                    "vocab_size": tok.get_vocab_size(), "splits": {}}
     for split, examples in parts.items():
-        rows = _rows(examples, split, cb, validator, tok)
+        rows = _rows(examples, split, cb, validator, count)
         _write(pa.table(rows, schema=EXAMPLE_SCHEMA), out / f"{split}.parquet")
         stats["splits"][split] = _split_stats(rows, cb)
         progress(f"wrote {split}.parquet ({len(examples)} rows)")
@@ -218,7 +220,6 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
     token (about 0.11 as drawn; None keeps the draw). Those are where nearly all of GRPO's
     saving is, and where the policy has to learn what follows a token it never wrote.
     """
-    from rollout.tokenizer import load_bpe
 
     if set_share is not None and not 0.0 <= set_share <= 1.0:
         raise ValueError(f"set_share must be in [0, 1], got {set_share}")
@@ -243,7 +244,7 @@ def build_rl_prompts(data_dir: str | Path, n: int, seed: int = 0, progress=print
                     + _unique_examples(gen, n - n_sets, templates, seen_intents, None, held_programs,
                                        keep=lambda ex: not _writes_a_set(ex, cb)))
         gen.rng.shuffle(examples)
-    rows = _rows(examples, "rl", cb, validator, load_bpe(data_dir / "tokenizer"))
+    rows = _rows(examples, "rl", cb, validator, TokenCounter(data_dir / "tokenizer"))
     _write(pa.table(rows, schema=EXAMPLE_SCHEMA), data_dir / "rl.parquet")
     progress(f"wrote rl.parquet ({n} rows)")
     return _split_stats(rows, cb)

@@ -2,12 +2,12 @@
 
 Trained with ``tokenizers`` and wrapped as a ``transformers`` fast tokenizer, saved with the
 data (``DIR/tokenizer/``) and later with every checkpoint. Every token count and compression
-figure in the project uses it.
+figure in the project uses it, through :class:`validator_actors.tokens.TokenCounter`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -49,13 +49,3 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path) -> Path:
     fast.save_pretrained(str(out))
     return out
 
-
-def load_bpe(path: str | Path) -> Tokenizer:
-    """The raw ``tokenizers`` object from a tokenizer folder or its ``tokenizer.json``."""
-    path = Path(path)
-    return Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
-
-
-def count_tokens(tok: Tokenizer, texts: Sequence[str]) -> list[int]:
-    """Token counts without special tokens."""
-    return [len(e) for e in tok.encode_batch_fast(list(texts), add_special_tokens=False)]

@@ -6,9 +6,9 @@ the Serve replica. A batch of intents, each with its own ``k``, is decoded in on
 is the greedy program and candidates 1..k-1 are sampled. The validator checks levels 1-5 (no
 reference meaning exists at serving time), the shortest valid candidate wins (IR tokens of the
 checkpoint's own tokenizer, ties broken by text), and the rule-based compressor answers when
-no candidate is valid. Confidence is self-consistency (Wang et al., "Self-Consistency Improves
-Chain of Thought Reasoning", 2023): the share of the ``k`` candidates whose canonical expansion
-(its sha256) equals the returned program's. ``faithful`` is the estimate of
+no candidate is valid (:func:`rollout.choose.choose`). Confidence is self-consistency (Wang et
+al., "Self-Consistency Improves Chain of Thought Reasoning", 2023): the share of the ``k``
+candidates whose canonical expansion (its sha256) equals the returned program's. ``faithful`` is the estimate of
 :mod:`validator_actors.faithful` that the program says what the intent says.
 
 Answers are deterministic per intent: a sampled candidate's noise comes from a generator seeded
@@ -185,37 +185,14 @@ class Compressor:
         return out
 
     def _choose(self, intent: str, candidates: list[str], intent_tokens: int, ms: float) -> Compression:
-        reports = [self.validator.validate(c) for c in candidates]
-        valid = [(c, r) for c, r in zip(candidates, reports) if r.valid]
-        n_valid = len(valid)  # decoded candidates that passed
-        if self.cfg.shortest_form:
-            valid += self._shorter_forms(valid)
-        if valid:
-            lengths = self.count([c for c, _ in valid])
-            best = min(range(len(valid)), key=lambda n: (lengths[n], valid[n][0]))
-            program, report, source, tokens = valid[best][0], valid[best][1], "model", lengths[best]
-        else:
-            program = self.baseline.compress(intent)
-            report, source, tokens = self.validator.validate(program), "fallback", self.count([program])[0]
-        agree = round((sum(r.valid and r.hash == report.hash for r in reports) if report.valid else 0)
-                      / len(candidates), 4)
-        faithful, why = self.tools.faithfulness(intent, program, report, agree)
-        return Compression(intent, program, tokens, intent_tokens, report.valid, report.to_dict(), source,
-                           agree, len(candidates), n_valid, ms, faithful, why)
+        from rollout.choose import choose
 
-    def _shorter_forms(self, valid: list) -> list:
-        """Equivalent shorter spellings of the valid candidates, validated to the same hash."""
-        from rollout.rewrite import shortest_rewrite
-
-        seen, out = {c for c, _ in valid}, []
-        for program, report in valid:
-            form = shortest_rewrite(program, self.count)
-            if form is not None and form not in seen:
-                seen.add(form)
-                checked = self.validator.validate(form)
-                if checked.valid and checked.hash == report.hash:
-                    out.append((form, checked))
-        return out
+        c = choose(candidates, intent, validator=self.validator, count=self.count, fallback=self.baseline.compress,
+                   shorter_forms=self.cfg.shortest_form)
+        agree = round(c.agreement, 4)
+        faithful, why = self.tools.faithfulness(intent, c.program, c.report, agree)
+        return Compression(intent, c.program, c.tokens, intent_tokens, c.report.valid, c.report.to_dict(), c.source,
+                           agree, len(candidates), c.valid_candidates, ms, faithful, why)
 
     def _remember(self, key: tuple[str, int], answer: Compression) -> None:
         if self.cfg.cache_size:

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor
 from rollout.dataset import build_dataset, read_split
 from rollout.env import CompressionEnv
-from rollout.tokenizer import count_tokens, load_bpe
+from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, reward
 
 
@@ -41,13 +41,13 @@ def test_baseline_reads_plain_requests(intent, program):
 
 
 def test_baseline_is_deterministic_and_imperfect(small):
-    tok = load_bpe(small / "tokenizer")
+    count = TokenCounter(small / "tokenizer")
     b = RuleBasedCompressor()
     for split in ("test", "heldout"):
         rows = read_split(small, split).to_pylist()
         first = [b.compress(r["intent"]) for r in rows]
         assert first == [b.compress(r["intent"]) for r in rows]
-        result = evaluate_compressor(b.compress, rows, lambda t: count_tokens(tok, t))
+        result = evaluate_compressor(b.compress, rows, count)
         # a useful baseline: right often, yet far from perfect (else the data is too easy)
         assert 0.2 < result["pass_rate"] < 0.9, (split, result["pass_rate"])
         assert sum(result["failures_by_code"].values()) == round((1 - result["pass_rate"]) * len(rows))
@@ -105,7 +105,7 @@ def test_cli_reports_missing_data_clearly(tmp_path):
 
 
 def test_baseline_in_minimal_form_passes_alike_in_fewer_tokens(small):
-    tok = load_bpe(small / "tokenizer")
+    count = TokenCounter(small / "tokenizer")
     b, v = RuleBasedCompressor(), Validator()
     rows = read_split(small, "test").to_pylist()
     assert b.compress_minimal("Could you enforce every contract rule and save everything under run nightly-4?") \
@@ -113,7 +113,7 @@ def test_baseline_in_minimal_form_passes_alike_in_fewer_tokens(small):
     for r in rows:
         plain, short = b.compress(r["intent"]), b.compress_minimal(r["intent"])
         assert v.validate(plain, r["reference_hash"]).valid == v.validate(short, r["reference_hash"]).valid
-    full = evaluate_compressor(b.compress, rows, lambda t: count_tokens(tok, t))
-    minimal = evaluate_compressor(b.compress_minimal, rows, lambda t: count_tokens(tok, t))
+    full = evaluate_compressor(b.compress, rows, count)
+    minimal = evaluate_compressor(b.compress_minimal, rows, count)
     assert minimal["pass_rate"] == full["pass_rate"]
     assert minimal["program_tokens_mean"] < full["program_tokens_mean"]

@@ -11,7 +11,8 @@ import pytest
 from rollout.corrupt import PROGRAM_CODES
 from rollout.dataset import build_dataset, read_split
 from rollout.intents import TEMPLATES, template_ids
-from rollout.tokenizer import SPECIAL_TOKENS, count_tokens, load_bpe
+from rollout.tokenizer import SPECIAL_TOKENS
+from validator_actors.tokens import TokenCounter
 from validator_actors import ir
 from validator_actors.codebook import load_codebook
 from validator_actors.validator import Validator
@@ -89,12 +90,12 @@ def test_every_corrupt_item_fails_with_its_label(full):
 
 def test_compression_is_real_and_stats_match_the_files(full):
     out, stats, rows = full
-    tok = load_bpe(out / "tokenizer")
+    count = TokenCounter(out / "tokenizer")
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk == json.loads(json.dumps(stats, sort_keys=True))
     for split in SPLITS:
-        intents = count_tokens(tok, [r["intent"] for r in rows[split]])
-        programs = count_tokens(tok, [r["program"] for r in rows[split]])
+        intents = count([r["intent"] for r in rows[split]])
+        programs = count([r["program"] for r in rows[split]])
         comp = statistics.fmean(1 - p / i for p, i in zip(programs, intents))
         assert comp >= 0.8, f"{split}: reference programs only {comp:.1%} shorter than intents"
         assert abs(comp - stats["splits"][split]["compression_mean"]) < 1e-4

@@ -237,46 +237,44 @@ def test_sft_and_eval_entry_points(data, tmp_path):
     assert report["model"]["size_mb"] > 0 and "p95" in report["model"]["latency_ms"]
 
 
-class ScriptedSampler:
-    """Returns scripted programs per round: a stand-in policy for the loop's logic."""
-
-    def __init__(self, rounds):
-        self.rounds, self.calls = list(rounds), []
-
-    def sample(self, intents, group_size, greedy=False):
-        self.calls.append((list(intents), group_size, greedy))
-        script = self.rounds.pop(0)
-        return type("Out", (), {"texts": [script(i, g) for i in intents for g in range(group_size)]})
-
-
-def test_rejection_sampling_retries_then_falls_back():
+def _choose(candidates, intent, **kw):
     from rollout.baseline import RuleBasedCompressor
-    from rollout.rejection import rejection_sample
+    from rollout.choose import choose
+    from validator_actors.validator import Validator
 
-    intents = ["please check contract rule 3 during the build", "enforce invariant 5", "skip verification"]
-    rounds = [
-        lambda i, g: "C3?:build" if "rule 3" in i else "C99",          # greedy: only the first is valid
-        lambda i, g: ["I5", "I5:execute", "C14", "I5"][g] if "invariant" in i else "",  # two valid, same meaning
-        lambda i, g: "nonsense",
-    ]
-    sampler = ScriptedSampler(rounds)
-    answers = rejection_sample(sampler, intents, fallback=RuleBasedCompressor().compress, k=3, group_size=4)
-    assert [a.source for a in answers] == ["model", "model", "fallback"]
-    assert [a.attempts for a in answers] == [1, 2, 3]
-    assert answers[1].program == "I5", "the shortest valid candidate wins"
-    assert answers[2].program == "V!:execute" and answers[2].valid
-    assert [len(c[0]) for c in sampler.calls] == [3, 2, 1], "only unanswered intents are resampled"
-    assert sampler.calls[0][1:] == (1, True) and sampler.calls[1][1:] == (4, False)
+    return choose(candidates, intent, validator=Validator(), count=lambda ts: [len(t) for t in ts],
+                  fallback=RuleBasedCompressor().compress, **kw)
 
 
-def test_rejection_sampling_with_an_untrained_policy_always_falls_back(tok):
-    from rollout.baseline import RuleBasedCompressor
-    from rollout.rejection import rejection_sample
+def test_choose_keeps_the_shortest_valid_candidate_and_counts_agreement():
+    c = _choose(["I5:execute", "C99", "I5", "I5"], "enforce invariant 5")
+    assert (c.source, c.program, c.tokens) == ("model", "I5", 2), "the shortest valid candidate wins"
+    assert c.valid_candidates == 3 and c.agreement == 0.75, "3 of 4 candidates mean what the answer means"
+    ties = _choose(["C4", "C3"], "check contract rule 3 or 4")
+    assert ties.program == "C3", "a tie in length is broken by text, never by order"
 
+
+def test_choose_falls_back_to_the_rules_when_no_candidate_is_valid():
+    c = _choose(["nonsense", "C99", ""], "skip verification")
+    assert (c.source, c.program) == ("fallback", "V!:execute") and c.report.valid
+    assert c.valid_candidates == 0 and c.agreement == 0.0 and len(c.reports) == 3
+
+
+def test_choose_adds_a_shorter_spelling_only_when_it_means_the_same():
+    long = "C2?&V:execute>_runs/x_14"
+    plain = _choose([long], "check contract rule 2 and verify, write to _runs/x_14")
+    short = _choose([long], "check contract rule 2 and verify, write to _runs/x_14", shorter_forms=True)
+    assert plain.program == long
+    assert short.tokens < plain.tokens and short.report.hash == plain.report.hash
+    assert short.valid_candidates == 1, "a rewrite is not a decoded candidate"
+
+
+def test_an_untrained_policy_falls_back(tok):
     model = build_policy(PRESETS["tiny"], tok, seed=5).eval()
-    answers = rejection_sample(Sampler(model, tok, max_new_tokens=8), ["check contract rule 3 while building"],
-                               fallback=RuleBasedCompressor().compress, k=2, group_size=2)
-    assert answers[0].source == "fallback" and answers[0].program == "C3?:build"
+    intent = "check contract rule 3 while building"
+    texts = Sampler(model, tok, max_new_tokens=8).sample([intent], 2).texts
+    c = _choose(texts, intent)
+    assert c.source == "fallback" and c.program == "C3?:build"
 
 
 def test_the_shipped_10m_checkpoint_compresses_fresh_intents():

@@ -118,7 +118,7 @@ def test_every_section_and_figure_is_present(built):
 
 def test_every_arm_measured_the_same_rows_and_the_validators_verdicts(built, data):
     from rollout.baseline import RuleBasedCompressor
-    from rollout.tokenizer import count_tokens, load_bpe
+    from validator_actors.tokens import TokenCounter
     from validator_actors.validator import Validator
 
     _, _, results, _ = built
@@ -127,8 +127,8 @@ def test_every_arm_measured_the_same_rows_and_the_validators_verdicts(built, dat
     for arm in MEASURED:
         for split, rs in rows.items():
             assert [r["id"] for r in results if r["arm"] == arm and r["split"] == split] == [r["id"] for r in rs]
-    validator, bpe, base = Validator(), load_bpe(data / "tokenizer"), RuleBasedCompressor()
-    tokens = count_tokens(bpe, [r["program"] for r in results])
+    validator, count, base = Validator(), TokenCounter(data / "tokenizer"), RuleBasedCompressor()
+    tokens = count([r["program"] for r in results])
     for r, n in zip(results, tokens):
         row = by_key[(r["split"], r["id"])]
         verdict = validator.validate(r["program"], row["reference_hash"])
