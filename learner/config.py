@@ -53,6 +53,10 @@ class SFTConfig:
     """Linear warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay (not on norms and biases)."""
+    adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
+    adam_beta2: float = 0.95
+    """AdamW's second-moment decay."""
     batch_size: int = 32
     """Sequences per optimizer step."""
     epochs: float = 4.0
@@ -94,6 +98,7 @@ class SFTConfig:
             (0 <= self.min_lr_ratio <= 1, "sft.min_lr_ratio must be in [0, 1]"),
             (self.warmup_steps >= 0, "sft.warmup_steps must be >= 0"),
             (self.weight_decay >= 0, "sft.weight_decay must be >= 0"),
+            (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "sft.adam_beta1 and sft.adam_beta2 must be in [0, 1)"),
             (self.batch_size >= 1, "sft.batch_size must be >= 1"),
             (self.max_steps >= 0, "sft.max_steps must be >= 0 (0 = no cap)"),
             (self.patience >= 0, "sft.patience must be >= 0 (0 = never stop early)"),

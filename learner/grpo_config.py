@@ -19,6 +19,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class GRPOConfig:
     lr: float = 1e-5
     """AdamW learning rate for the policy."""
+    adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
+    adam_beta2: float = 0.99
+    """AdamW's second-moment decay (0.99: steadier than SFT's 0.95 for the noisier policy
+    gradient)."""
     beta: float = 0.0
     """Weight of the k3 KL to the frozen reference (0 = no reference model kept)."""
     eps_low: float = 0.2
@@ -89,6 +94,9 @@ class GRPOConfig:
             raise ValueError(f"grpo.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.scale not in SCALES:
             raise ValueError(f"grpo.scale must be one of {SCALES}, got {self.scale!r}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"grpo.adam_beta1 and grpo.adam_beta2 must be in [0, 1), got {self.adam_beta1}, "
+                             f"{self.adam_beta2}")
         if self.lr <= 0 or self.temperature <= 0 or min(self.beta, self.unlikelihood, self.rewrite_nll) < 0:
             raise ValueError("grpo.lr and grpo.temperature must be > 0; grpo.beta, grpo.unlikelihood and "
                              "grpo.rewrite_nll >= 0")

@@ -1,6 +1,7 @@
 """The GRPO learner as a plain class: scored rollouts in, one policy update out.
 
-The Ray learner actor is a thin shell over :class:`GRPOLearner`. It re-scores the sampled
+The Ray learner actor is a thin shell over :class:`GRPOLearner` (built by
+:meth:`GRPOLearner.from_checkpoint`, saved by :meth:`GRPOLearner.save`). It re-scores the sampled
 completions under the current weights (same temperature as the sampler; each group's prompt
 computed once, ``learner.scoring.shared_prefix_logprobs``), takes the
 sampler's log-probs as the old policy, computes group advantages from the rewards, and
@@ -11,7 +12,9 @@ arrays (zero-copy through Ray's object store), never one message per parameter.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,10 +22,11 @@ import torch
 from learner.grpo import group_advantages, grpo_loss, prefix_advantages
 from learner.grpo_config import GRPOConfig  # noqa: F401 (re-exported)
 from learner.optim_state import load_optimizer_tensors, optimizer_tensors
-from learner.policy import FactorizedEmbedding
+from learner.policy import FactorizedEmbedding, init_set_tokens, load_policy, policy_config_from_meta, save_policy
 from learner.scoring import full_sequence_logprobs, pack_groups, resolve_precision, shared_prefix_logprobs
 from rollout.sampler import RolloutBatch
 
+OPTIMIZER_TENSORS, OPTIMIZER_META = "optimizer.safetensors", "optimizer.json"
 
 
 @dataclass
@@ -56,9 +60,34 @@ class GRPOLearner:
         if cfg.beta > 0:
             self.ref = (reference.to(self.device) if reference is not None else copy.deepcopy(model))
             self.ref.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.precision = resolve_precision(cfg.precision, self.device)
         self.version = 0
+        self.meta: dict = {}  # the checkpoint's tinycompress.json, when built from one
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, cfg: GRPOConfig, *, threads: int = 1,
+                        set_token_init: float = 0.0, reference: str | Path | None = None,
+                        reference_set_token_init: float = 0.0) -> GRPOLearner:
+        """The learner of a policy checkpoint, on the GPU when there is one (else ``threads`` CPU
+        threads). A learned encoding keeps training as its factors (rollout workers get it folded).
+        ``set_token_init``: :func:`learner.policy.init_set_tokens` at that scale. ``reference`` (a
+        resumed run's starting checkpoint, its full-set rows initialized with
+        ``reference_set_token_init``): the KL term's frozen model; default ``checkpoint`` itself."""
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        model, tok, meta = load_policy(checkpoint, device=device, trainable_encoding=True)
+        if set_token_init:
+            init_set_tokens(model, tok, set_token_init)
+        ref = None
+        if reference is not None and cfg.beta > 0:
+            ref, _, _ = load_policy(reference, device=device)
+            if reference_set_token_init:
+                init_set_tokens(ref, tok, reference_set_token_init)
+        learner = cls(model, tok, cfg, device=device, reference=ref)
+        learner.meta = meta
+        return learner
 
     def completion_logprobs(self, model, rollout: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs, entropy), both (N, T), of the sampled completions under ``model``, by
@@ -147,6 +176,27 @@ class GRPOLearner:
         for group in self.opt.param_groups:  # the config's lr, not the saved one: a resume may lower it
             group["lr"] = self.cfg.lr
         self.version = int(meta["version"])
+
+    def save(self, path: str | Path, meta: dict, with_optimizer: bool = False) -> Path:
+        """The policy as a checkpoint folder (``learner.policy.save_policy``, ``meta`` plus the
+        policy version) and, with ``with_optimizer``, ``optimizer.safetensors`` + ``optimizer.json``."""
+        path = save_policy(self.model, self.tok, policy_config_from_meta(self.meta), path,
+                           {**meta, "policy_version": self.version})
+        if with_optimizer:
+            from safetensors.torch import save_file
+
+            tensors, opt_meta = self.optimizer_state()
+            save_file(tensors, str(path / OPTIMIZER_TENSORS))
+            (path / OPTIMIZER_META).write_text(json.dumps(opt_meta))
+        return path
+
+    def load_optimizer(self, path: str | Path) -> int:
+        """Restore the optimizer and policy version :meth:`save` wrote into ``path``."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        self.load_optimizer_state(load_file(str(path / OPTIMIZER_TENSORS)), json.loads((path / OPTIMIZER_META).read_text()))
+        return self.version
 
     def weights(self) -> WeightsRef:
         """The current weights as one versioned flat buffer of numpy arrays.

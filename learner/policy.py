@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from learner.presets import META_FILE, NOMINAL_PARAMS, PRESETS, PolicyConfig, check_init  # noqa: F401 (re-exported)
+from rollout.checkpoint import read_policy
 
 ENCODING_FILE = "learned_encoding.safetensors"
 
@@ -120,23 +121,18 @@ def save_policy(model, tokenizer, cfg: PolicyConfig, out: str | Path, meta: dict
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", trainable_encoding: bool = False):
-    """(model, tokenizer, meta) from a checkpoint folder; eval mode on ``device``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(model, tokenizer, meta) from a checkpoint folder (:func:`rollout.checkpoint.read_policy`);
+    with ``trainable_encoding``, a learned encoding comes back as its two trainable factors."""
+    model, tokenizer, meta = read_policy(path, device=str(device))
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a checkpoint (no config.json): run `tinycompress sft` first")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
     if trainable_encoding and (path / ENCODING_FILE).exists():
         factors = load_file(str(path / ENCODING_FILE))
         emb = FactorizedEmbedding(factors["codes"].shape[0], factors["codes"].shape[1],
                                   factors["proj"].shape[0])
         emb.codes.weight.data.copy_(factors["codes"])
         emb.proj.weight.data.copy_(factors["proj"])
-        model.model.embed_tokens = emb
-    return model.to(device).eval(), tokenizer, meta
+        model.model.embed_tokens = emb.to(device)
+    return model, tokenizer, meta
 
 
 def policy_config_from_meta(meta: dict) -> PolicyConfig:

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-META_FILE = "tinycompress.json"
+from rollout.checkpoint import META_FILE  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

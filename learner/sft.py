@@ -169,7 +169,7 @@ class SFTTrainer:
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.s.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.s.lr, betas=(0.9, 0.95),
+        return torch.optim.AdamW(groups, lr=self.s.lr, betas=(self.s.adam_beta1, self.s.adam_beta2),
                                  fused=self.device.type == "cuda")
 
     def _lr_factor(self, step: int) -> float:

@@ -10,30 +10,51 @@ import warnings
 import numpy as np
 import torch
 
+from rollout.checkpoint import read_policy
 from rollout.sampler import RolloutBatch, Sampler
 
 
 class RolloutWorker:
     """Generates GRPO groups with the policy version it last received."""
 
-    def __init__(self, checkpoint: str, *, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 96, seed: int = 0, threads: int = 1, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        torch.set_num_threads(threads)
-        self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
-        self.tok = AutoTokenizer.from_pretrained(checkpoint)
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 96, seed: int = 0):
+        self.model, self.tok = model.eval(), tokenizer
         self.sampler = Sampler(self.model, self.tok, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p)
         self.generator = torch.Generator().manual_seed(seed)
         self.version = 0
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, *, threads: int = 1, device: str = "cpu", **kwargs) -> RolloutWorker:
+        """A worker over the policy checkpoint folder ``checkpoint`` (``threads`` torch threads)."""
+        torch.set_num_threads(threads)
+        model, tok, _ = read_policy(checkpoint, device=device)
+        return cls(model, tok, **kwargs)
+
     def generate(self, intents: list[str], group_size: int) -> RolloutBatch:
         return self.sampler.sample(intents, group_size, policy_version=self.version, generator=self.generator)
+
+    def greedy(self, intents: list[str]) -> list[str]:
+        """The greedy program of each intent (evaluation)."""
+        return self.sampler.sample(intents, 1, greedy=True).texts
 
     def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> int:
         """Copy a flat weight buffer in (zero-copy numpy from the object store)."""
         copy_weights(self.model, arrays)
+        self.version = version
+        return version
+
+    def parameter(self, name: str) -> torch.Tensor:
+        """A copy of one named parameter (to check what a weight sync delivered)."""
+        return self.model.state_dict()[name].detach().clone()
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def restore(self, version: int, rng_state: torch.Tensor) -> int:
+        """Continue a saved run: its sampler RNG state and policy version."""
+        self.generator.set_state(rng_state)
         self.version = version
         return version
 
