@@ -36,9 +36,7 @@ def main() -> None:
     for ckpt in a.checkpoints:
         model, tok, _ = load_policy(ckpt, device="cpu")
         sampler = Sampler(model, tok, max_new_tokens=96)
-        texts = []
-        for i in range(0, len(rows), 50):
-            texts += sampler.sample([r["intent"] for r in rows[i : i + 50]], 1, greedy=True).texts
+        texts = sampler.greedy([r["intent"] for r in rows], batch=50)
         scores = score([r["intent"] for r in rows], texts, [r["reference_hash"] for r in rows],
                        validator=validator, token_counter=count)
         ok = [s.valid for s in scores]

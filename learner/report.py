@@ -140,15 +140,13 @@ def measure_baseline(spec: ArmSpec, rows, counter, validator) -> tuple[dict, lis
 
 def measure_checkpoint(spec: ArmSpec, rows, counter, validator, batch: int,
                        throughput_intents: int) -> tuple[dict, list[an.ArmRow]]:
-    from learner.evaluate import checkpoint_size_mb, throughput
-    from learner.policy import count_params, load_policy
-    from rollout.sampler import Sampler
+    from learner.evaluate import checkpoint_size_mb, greedy_sampler, throughput
+    from learner.policy import count_params
 
     ckpt, run = resolve_checkpoint(spec.path)
-    model, tok, meta = load_policy(ckpt, device="cpu")
-    sampler = Sampler(model, tok, max_new_tokens=96)
-    compress = lambda intent: sampler.sample([intent], 1, greedy=True).texts[0]  # noqa: E731
-    compress(next(iter(rows.values()))[0]["intent"])  # warm-up
+    sampler, meta = greedy_sampler(ckpt, next(iter(rows.values()))[0]["intent"])
+    model = sampler.model
+    compress = lambda intent: sampler.greedy([intent])[0]  # noqa: E731
     results = measure(spec.name, compress, rows, counter, validator)
     speed = {split: throughput(sampler, [r["intent"] for r in rs][:throughput_intents], batch)
              for split, rs in rows.items()}

@@ -212,12 +212,8 @@ class SFTTrainer:
         rows = self.val_rows[: self.s.eval_samples]
         sampler = Sampler(self.model, self.tok, max_new_tokens=self.s.max_new_tokens,
                           max_prompt_len=self.s.max_prompt_len)
-        passed = 0
-        for i in range(0, len(rows), 64):
-            chunk = rows[i : i + 64]
-            out = sampler.sample([r["intent"] for r in chunk], 1, greedy=True)
-            passed += sum(self.validator.validate(p, r["reference_hash"]).valid
-                          for p, r in zip(out.texts, chunk))
+        texts = sampler.greedy([r["intent"] for r in rows])
+        passed = sum(self.validator.validate(p, r["reference_hash"]).valid for p, r in zip(texts, rows))
         return {"val_loss": sum(losses) / len(self.val), "val_pass_rate": passed / len(rows)}
 
     def fit(self) -> SFTResult:

@@ -141,6 +141,14 @@ class Sampler:
         return RolloutBatch(list(intents), prompt_ids, tokens, logps, mask, lengths,
                             [t.strip() for t in texts], group_size, policy_version)
 
+    def greedy(self, intents: list[str], batch: int = 64) -> list[str]:
+        """The greedy program of each intent, decoded ``batch`` intents at a time: the one
+        evaluation decode of the project (SFT's val pass rate, GRPO's val pass, the report)."""
+        texts: list[str] = []
+        for i in range(0, len(intents), batch):
+            texts += self.sample(intents[i : i + batch], 1, greedy=True).texts
+        return texts
+
 
 @torch.no_grad()
 def sequence_logprobs(model, prompt_ids: list[int], completion: list[int], temperature: float = 1.0) -> torch.Tensor:

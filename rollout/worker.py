@@ -37,7 +37,7 @@ class RolloutWorker:
 
     def greedy(self, intents: list[str]) -> list[str]:
         """The greedy program of each intent (evaluation)."""
-        return self.sampler.sample(intents, 1, greedy=True).texts
+        return self.sampler.greedy(intents, batch=max(1, len(intents)))  # one batch, as ever
 
     def set_weights(self, version: int, arrays: dict[str, np.ndarray]) -> int:
         """Copy a flat weight buffer in (zero-copy numpy from the object store)."""
