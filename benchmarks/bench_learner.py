@@ -45,7 +45,7 @@ def real_batch(data: str, b: int, pick: str, g: int = 8, seed: int = 0):
     """A ScoredBatch of B train intents x G completions sampled by the shipped 10m."""
     import pyarrow.parquet as pq
 
-    from learner.grpo_learner import ScoredBatch
+    from rollout.batch import ScoredBatch
     from learner.policy import load_policy
     from rollout.sampler import Sampler
     from validator_actors.tokens import TokenCounter

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ray
 import torch
 
-from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch, WeightsRef
+from learner.grpo_learner import GRPOConfig, GRPOLearner
+from rollout.batch import ScoredBatch, WeightsRef
 from rollout.worker import RolloutWorker
 
 

@@ -18,7 +18,6 @@ completes with every group scored once.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -34,11 +33,9 @@ from safetensors.torch import load_file, save_file
 from cluster.actors import LearnerActor, RolloutActor
 from cluster.run_folder import point_latest
 from learner.config import RunConfig, TrainConfig
-from learner.grpo_learner import ScoredBatch
+from rollout.batch import RolloutBatch, ScoredBatch, WeightsRef, merge_rollouts
 from rollout.dataset import read_split
-from rollout.rewrite import (best_sample_imitation, early_end_negatives, minimal_rewrites, rewrite_imitation,
-                             wrong_step_negatives)
-from rollout.sampler import RolloutBatch, group_rows, informative_groups, merge_rollouts, select_groups
+from rollout.shaping import shape
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Score, Validator, score
@@ -96,8 +93,9 @@ class GRPOController:
                                   token_counter=self.counter,
                                   actor_options={"num_cpus": self.t.validator_cpus})
         self.validator = Validator()
+        self.shaping = cfg.shaping()
         self.tokenizer = None
-        if self.t.minimal_rewrites or cfg.grpo.unlikelihood > 0:
+        if self.shaping.minimal_rewrites or self.shaping.negatives:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.init)
@@ -167,8 +165,6 @@ class GRPOController:
         """Async resume: the batch that was in flight at the checkpoint is drawn again as it was,
         from the same data position, weights and RNG states; then the saved policy is published
         behind it, as it was then. A resumed async run thus equals an uninterrupted one."""
-        from learner.grpo_learner import WeightsRef
-
         arrays = {k: v.numpy() for k, v in load_file(str(path / INFLIGHT_WEIGHTS)).items()}
         weights = ray.put(WeightsRef(inflight_version, arrays))
         ray.get([w.set_weights.remote(weights) for w in self.workers], timeout=TIMEOUT_S)
@@ -227,36 +223,13 @@ class GRPOController:
         return self.collect(rows, self.submit(rows))
 
     def score(self, rows: list[dict], rollout: RolloutBatch) -> tuple[ScoredBatch, list[Score]]:
-        """The batch the learner trains on (rewrites in place) and the scores of what was *sampled*."""
-        g = self.t.group_size
-        intents = [r["intent"] for r in rows for _ in range(g)]
-        refs = [r["reference_hash"] for r in rows for _ in range(g)]
-        sampled = self.pool.score(intents, rollout.texts, refs)
-        scores, imitate = list(sampled), None
-        if self.t.minimal_rewrites:
-            rollout, replaced = minimal_rewrites(rollout, scores, self.tokenizer, self.t.minimal_rewrites,
-                                                 self.counter, self.t.rewrite_form)
-            redo = score([intents[i] for i in replaced], [rollout.texts[i] for i in replaced],
-                         [refs[i] for i in replaced], validator=self.validator, token_counter=self.counter)
-            for i, s in zip(replaced, redo):
-                scores[i] = dataclasses.replace(s, index=i)  # batch-global index, as the pool's
-            if self.cfg.grpo.rewrite_nll > 0:
-                imitate = rewrite_imitation(rollout, sampled, self.cfg.grpo.rewrite_span)
-        if self.t.imitate_best and (best := best_sample_imitation(rollout, sampled)) is not None:
-            imitate = best if imitate is None else imitate | best
-        if self.t.oversample > 1:  # dynamic sampling: only the groups whose rewards differ
-            groups = informative_groups([s.reward for s in scores], g, self.t.prompts_per_step)
-            rollout, scores, imitate = _keep_groups(rollout, scores, imitate, groups)
-        rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
-        valid = torch.tensor([s.valid for s in scores])
-        negatives = None
-        if self.cfg.grpo.unlikelihood > 0:
-            built = [early_end_negatives(rollout, scores, self.tokenizer)]
-            if self.t.wrong_steps:
-                built.append(wrong_step_negatives(rollout, scores, self.tokenizer))
-            built = [b for b in built if b is not None]
-            negatives = merge_rollouts(built) if built else None
-        return ScoredBatch(rollout, rewards, valid, negatives, imitate), sampled
+        """The batch the learner trains on (``rollout.shaping.shape``) and the pool's scores of
+        what was *sampled*."""
+        refs = [r["reference_hash"] for r in rows for _ in range(self.t.group_size)]
+        sampled = self.pool.score([r["intent"] for r in rows for _ in range(self.t.group_size)], rollout.texts, refs)
+        batch = shape(rollout, sampled, refs, self.shaping, validator=self.validator, count=self.counter,
+                      tokenizer=self.tokenizer)
+        return batch, sampled
 
     def update(self, batch: ScoredBatch) -> dict:
         return ray.get(self.learner.update.remote(batch), timeout=TIMEOUT_S)
@@ -397,15 +370,6 @@ class GRPOController:
         self.pool.shutdown()
         for actor in [self.learner, *self.workers]:
             ray.kill(actor)
-
-
-def _keep_groups(rollout: RolloutBatch, scores: list[Score], imitate: torch.Tensor | None,
-                 groups: list[int]) -> tuple[RolloutBatch, list[Score], torch.Tensor | None]:
-    """The batch, scores and imitation mask of ``groups`` only, each score's index renumbered to
-    its row there."""
-    rows = group_rows(groups, rollout.group_size)
-    return (select_groups(rollout, groups), [dataclasses.replace(scores[r], index=j) for j, r in enumerate(rows)],
-            None if imitate is None else imitate[rows])
 
 
 def _progress_line(m: dict, steps: int) -> str:

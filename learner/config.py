@@ -281,6 +281,16 @@ class RunConfig:
             raise ValueError(f"grpo.loss_type dr_grpo needs grpo.max_completion_length >= train.max_new_tokens, got "
                              f"{self.grpo.max_completion_length} < {self.train.max_new_tokens}")
 
+    def shaping(self):
+        """The :class:`rollout.shaping.ShapingConfig` of this run (imported here: it needs torch)."""
+        from rollout.shaping import ShapingConfig
+
+        t, g = self.train, self.grpo
+        return ShapingConfig(keep_groups=t.prompts_per_step, minimal_rewrites=t.minimal_rewrites,
+                             rewrite_form=t.rewrite_form, imitate_rewrites=g.rewrite_nll > 0,
+                             rewrite_span=g.rewrite_span, imitate_best=t.imitate_best,
+                             negatives=g.unlikelihood > 0, wrong_steps=t.wrong_steps)
+
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:
         return build_section(cls, raw or {}, "")

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from learner.grpo import group_advantages, grpo_loss, prefix_advantages
@@ -24,28 +22,9 @@ from learner.grpo_config import GRPOConfig  # noqa: F401 (re-exported)
 from learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from learner.policy import FactorizedEmbedding, init_set_tokens, load_policy, policy_config_from_meta, save_policy
 from learner.scoring import full_sequence_logprobs, pack_groups, resolve_precision, shared_prefix_logprobs
-from rollout.sampler import RolloutBatch
+from rollout.batch import RolloutBatch, ScoredBatch, WeightsRef
 
 OPTIMIZER_TENSORS, OPTIMIZER_META = "optimizer.safetensors", "optimizer.json"
-
-
-@dataclass
-class ScoredBatch:
-    """A rollout batch with its rewards: the learner's input contract."""
-
-    rollout: RolloutBatch
-    rewards: torch.Tensor  # (B*G,) float32, prompt-major like rollout rows
-    valid: torch.Tensor  # (B*G,) bool, passed the validator
-    negatives: RolloutBatch | None = None  # wrong endings for the unlikelihood term (group size 1)
-    imitate: torch.Tensor | None = None  # (B*G, T) bool: the tokens rewrite_nll imitates
-
-
-@dataclass(frozen=True)
-class WeightsRef:
-    """Versioned flat weights: every parameter as a contiguous numpy array."""
-
-    version: int
-    arrays: dict[str, np.ndarray]
 
 
 class GRPOLearner:

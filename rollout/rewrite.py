@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rollout.rewrite_forms import IMITATION_SPANS, REWRITE_FORMS  # noqa: F401 (re-exported)
-from rollout.sampler import RolloutBatch, encode_completions
+from rollout.batch import RolloutBatch
+from rollout.sampler import encode_completions
 from validator_actors.codebook import Codebook, load_codebook
 from validator_actors.ir import (IRSyntaxError, Meaning, collapsed_clauses, meaning, minimal, minimal_suffix,
                                  parse)

@@ -9,29 +9,9 @@ top-p only narrows what is drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class RolloutBatch:
-    """Completions for B prompts, G each, rows ordered prompt-major (row = b * G + g)."""
-
-    prompts: list[str]  # B intents
-    prompt_ids: list[list[int]]  # B token lists: <bos> intent <sep>
-    completion_ids: torch.Tensor  # (B*G, T) int64, pad after <eos>
-    logprobs: torch.Tensor  # (B*G, T) float32, log π(a_t | s_t) at temperature T, 0 on padding
-    mask: torch.Tensor  # (B*G, T) bool, True on generated tokens (the <eos> included)
-    lengths: torch.Tensor  # (B*G,) int64, generated tokens per row
-    texts: list[str]  # B*G decoded programs (no special tokens)
-    group_size: int
-    policy_version: int
-    offpolicy: torch.Tensor | None = None  # (B*G,) bool: rows not drawn from the policy (rewrites)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
+from rollout.batch import RolloutBatch
 
 
 def encode_prompts(tokenizer, intents: list[str], max_prompt_len: int) -> list[list[int]]:
@@ -157,62 +137,3 @@ def sequence_logprobs(model, prompt_ids: list[int], completion: list[int], tempe
     ids = torch.tensor([prompt_ids + completion], device=device)
     logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
     return logits.log_softmax(-1).gather(-1, torch.tensor(completion, device=device)[:, None]).squeeze(1).cpu()
-
-
-def merge_rollouts(batches: list[RolloutBatch]) -> RolloutBatch:
-    """Concatenate rollout batches (same group size) in order; padding beyond ``mask`` is 0."""
-    if len({b.group_size for b in batches}) != 1:
-        raise ValueError("cannot merge rollouts with different group sizes")
-    width = max(b.completion_ids.shape[1] for b in batches)
-
-    def pad(t: torch.Tensor, value) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-    return RolloutBatch(
-        prompts=[p for b in batches for p in b.prompts],
-        prompt_ids=[p for b in batches for p in b.prompt_ids],
-        completion_ids=torch.cat([pad(b.completion_ids, 0) for b in batches]),
-        logprobs=torch.cat([pad(b.logprobs, 0.0) for b in batches]),
-        mask=torch.cat([pad(b.mask, False) for b in batches]),
-        lengths=torch.cat([b.lengths for b in batches]),
-        texts=[t for b in batches for t in b.texts],
-        group_size=batches[0].group_size,
-        policy_version=min(b.policy_version for b in batches),
-        offpolicy=None if all(b.offpolicy is None for b in batches) else torch.cat(
-            [b.offpolicy if b.offpolicy is not None else torch.zeros(len(b.texts), dtype=torch.bool)
-             for b in batches]),
-    )
-
-
-def group_rows(groups: list[int], group_size: int) -> list[int]:
-    """The row indices of ``groups`` in a prompt-major batch, group by group in the order given."""
-    return [b * group_size + i for b in groups for i in range(group_size)]
-
-
-def select_groups(rollout: RolloutBatch, groups: list[int]) -> RolloutBatch:
-    """The rows of ``groups`` (group indices, in the order given): a smaller batch of whole groups."""
-    g = rollout.group_size
-    keep = group_rows(groups, g)
-    rows = torch.tensor(keep, dtype=torch.long)
-    return RolloutBatch(
-        prompts=[rollout.prompts[b] for b in groups], prompt_ids=[rollout.prompt_ids[b] for b in groups],
-        completion_ids=rollout.completion_ids[rows], logprobs=rollout.logprobs[rows], mask=rollout.mask[rows],
-        lengths=rollout.lengths[rows], texts=[rollout.texts[r] for r in keep], group_size=g,
-        policy_version=rollout.policy_version,
-        offpolicy=None if rollout.offpolicy is None else rollout.offpolicy[rows])
-
-
-def informative_groups(rewards: list[float], group_size: int, keep: int) -> list[int]:
-    """DAPO's dynamic sampling: the first ``keep`` groups whose rewards are not all equal.
-
-    A group whose samples all score the same gets zero advantage everywhere: it adds no policy
-    gradient and only dilutes a token-mean loss. If no group differs, the first group is kept,
-    so that every step still makes one (KL-only) update and advances the policy version.
-
-    >>> informative_groups([1, 1, 0, 1, 0.5, 0.5, 1, 0], 2, keep=1)
-    [1]
-    >>> informative_groups([1, 1, 0, 0], 2, keep=3)
-    [0]
-    """
-    groups = [rewards[b : b + group_size] for b in range(0, len(rewards), group_size)]
-    return [b for b, r in enumerate(groups) if max(r) > min(r)][:keep] or [0]

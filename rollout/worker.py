@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from rollout.checkpoint import read_policy
-from rollout.sampler import RolloutBatch, Sampler
+from rollout.batch import RolloutBatch
+from rollout.sampler import Sampler
 
 
 class RolloutWorker:

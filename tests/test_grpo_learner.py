@@ -9,7 +9,8 @@ import torch
 from transformers import AutoTokenizer
 
 from learner.grpo import group_advantages
-from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
+from learner.grpo_learner import GRPOConfig, GRPOLearner
+from rollout.batch import ScoredBatch
 from learner.policy import PRESETS, build_policy
 from rollout.dataset import build_dataset
 from rollout.sampler import Sampler

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
+from learner.grpo_learner import GRPOConfig, GRPOLearner
 from learner.policy import PRESETS, build_policy
 from rollout.rewrite import minimal_form, minimal_rewrites
-from rollout.sampler import RolloutBatch, encode_completions, encode_prompts, merge_rollouts
+from rollout.batch import RolloutBatch, ScoredBatch, merge_rollouts
+from rollout.sampler import encode_completions, encode_prompts
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, score
 
@@ -235,7 +236,8 @@ def test_the_clauses_form_collapses_clauses_and_keeps_the_ending(counter):
 def test_dynamic_sampling_keeps_whole_groups_whose_rewards_differ(tok, counter):
     """``informative_groups`` + ``select_groups``: the rows of the groups kept, in order, each row
     with its own ids, log-probs, mask and off-policy flag; a batch where nothing differs keeps one."""
-    from rollout.sampler import informative_groups, select_groups
+    from rollout.batch import select_groups
+    from rollout.shaping import informative_groups
 
     v = Validator()
     refs = [v.validate(LONG).hash, v.validate(SHORT).hash, v.validate(SHORT).hash]

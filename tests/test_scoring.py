@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from learner.grpo import LOSS_TYPES
-from learner.grpo_learner import GRPOConfig, GRPOLearner, ScoredBatch
+from learner.grpo_learner import GRPOConfig, GRPOLearner
 from learner.policy import PRESETS, build_policy
 from learner.scoring import (
     first_fit_decreasing, full_sequence_logprobs, full_sequence_padded_share, pack_groups,
     shared_prefix_logprobs,
 )
-from rollout.sampler import RolloutBatch
+from rollout.batch import RolloutBatch, ScoredBatch
 
 VOCAB = 300
 TOL = 1e-5
