@@ -31,7 +31,7 @@ from ray.exceptions import RayActorError
 from safetensors.torch import load_file, save_file
 
 from cluster.actors import LearnerActor, RolloutActor
-from cluster.run_folder import point_latest
+from cluster.run_folder import checkpoint_folder, latest_checkpoint, point_latest, truncate_metrics
 from learner.config import RunConfig, TrainConfig
 from rollout.batch import RolloutBatch, ScoredBatch, WeightsRef, merge_rollouts
 from rollout.dataset import read_split
@@ -116,7 +116,7 @@ class GRPOController:
     # ---- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Policy + optimizer (safetensors), state.json, sampler RNG; then the latest pointer."""
-        path = self.out / "checkpoints" / f"step_{self.step:06d}"
+        path = checkpoint_folder(self.out, self.step)
         ray.get(self.learner.save.remote(str(path), {"stage": "grpo", "step": self.step}, True),
                 timeout=TIMEOUT_S)
         rngs = ray.get([w.rng_state.remote() for w in self.workers], timeout=TIMEOUT_S)
@@ -149,16 +149,7 @@ class GRPOController:
                  if f"worker{i}" in rngs], timeout=TIMEOUT_S)
         if state.get("inflight_version") is not None and self.t.mode == "async" and self.step < self.t.steps:
             self._redraw_inflight(path, state["inflight_version"], rngs, version)
-        metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop lines of steps after the checkpoint: they will be redone
-            kept = []
-            for n, line in enumerate(metrics.read_text().splitlines(), 1):
-                try:
-                    if json.loads(line)["step"] <= self.step:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):  # torn by a kill mid-write
-                    self.log(f"[grpo] warning: dropped unreadable line {n} of {metrics}: {line[:80]!r}")
-            metrics.write_text("".join(line + "\n" for line in kept))
+        truncate_metrics(self.out, self.step, lambda m: self.log(f"[grpo] {m}"))  # later steps are redone
         self.log(f"[grpo] resumed from {path} at step {self.step}, policy version {version}")
 
     def _redraw_inflight(self, path: Path, inflight_version: int, rngs: dict, version: int) -> None:
@@ -363,6 +354,10 @@ class GRPOController:
                 self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, m["step"])
         self.tb.flush()
 
+    def actors(self) -> list:
+        """Every Ray actor this run started: the learner, the rollout workers, the validators."""
+        return [self.learner, *self.workers, *self.pool.actors]
+
     def shutdown(self) -> None:
         """Release every actor this controller started (their CPUs go back to the cluster)."""
         if self.tb is not None:
@@ -403,8 +398,3 @@ def _check_custom_resources(t: TrainConfig) -> None:
         if name and offered.get(name, 0.0) < 0.01:
             raise RuntimeError(f"train.{key} is {name!r} but no node of the cluster offers it: start the nodes "
                                f"meant for it with --resources='{{\"{name}\": 100}}' or set train.{key}: null")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = Path(out) / "checkpoints" / "latest"
-    return pointer.parent / pointer.read_text().strip() if pointer.exists() else None

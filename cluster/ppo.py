@@ -154,10 +154,12 @@ class PPORun:
         self.algo = config.build_algo()
         self.step = 0
         if resume:
+            from cluster.run_folder import truncate_metrics
+
             state = json.loads((self.out / "rllib" / "tinycompress_state.json").read_text())
             self.algo.restore_from_path(str(self.out / "rllib"))
             self.step = state["step"]
-            self._drop_metrics_after(self.step)
+            truncate_metrics(self.out, self.step, lambda m: log(f"[ppo] {m}"))
             log(f"[ppo] resumed from {self.out / 'rllib'} at iteration {self.step}")
         self.tb = None
         if settings.tensorboard:
@@ -165,18 +167,6 @@ class PPORun:
 
             self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
         self._ray = ray
-
-    def _drop_metrics_after(self, step: int) -> None:
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            keep = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep.append(line)
-                except (ValueError, KeyError):  # a line torn by a kill
-                    pass
-            path.write_text("".join(k + "\n" for k in keep))
 
     def module(self):
         return self.algo.get_module()
@@ -212,13 +202,13 @@ class PPORun:
                 "val_ir_tokens": round(float(np.mean(tokens)), 3) if tokens else None}
 
     def save(self) -> None:
-        from cluster.run_folder import point_latest
+        from cluster.run_folder import checkpoint_folder, point_latest
         from learner.policy import load_policy, policy_config_from_meta, save_policy
 
         self.algo.save_to_path(str(self.out / "rllib"))
         (self.out / "rllib" / "tinycompress_state.json").write_text(json.dumps({"step": self.step}) + "\n")
         _, tok, meta = load_policy(self.init)
-        folder = self.out / "checkpoints" / f"step_{self.step:06d}"
+        folder = checkpoint_folder(self.out, self.step)
         save_policy(self.module().policy, tok, policy_config_from_meta(meta), folder,
                     {"stage": "ppo", "step": self.step, "init": str(self.init)})
         point_latest(folder, self.s.keep_checkpoints)

@@ -115,7 +115,7 @@ def _last_checkpoint(trial_dir: Path) -> str | None:
 def _placement_census(ctl) -> dict:
     """How many of the controller's actors run in this trial's placement group."""
     pg = ray.util.get_current_placement_group()
-    actors = [ctl.learner, *ctl.workers, *ctl.pool.actors]
+    actors = ctl.actors()
     ids = ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_placement_group_id())
                    for a in actors], timeout=60)
     return {"actors": len(actors), "actors_in_trial_pg": sum(i == (pg.id.hex() if pg else None) for i in ids)}

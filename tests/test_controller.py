@@ -36,7 +36,8 @@ def test_two_synchronous_grpo_steps(ray_local, setup):
 
 
 def test_a_stopped_run_resumes_where_it_left_off(ray_local, setup):
-    from cluster.controller import GRPOController, latest_checkpoint
+    from cluster.controller import GRPOController
+    from cluster.run_folder import latest_checkpoint
 
     raw = {"model": {"preset": "tiny"}, "grpo": {"lr": 1e-3, "max_completion_length": 12, "beta": 0.04},
            "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "rollout_workers": 1,
