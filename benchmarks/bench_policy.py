@@ -24,7 +24,7 @@ import torch
 from learner.config import RunConfig
 from learner.policy import count_params, load_policy
 from learner.sft import SFTTrainer, batches, collate
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.sampler import Sampler, encode_prompts, left_pad
 
 

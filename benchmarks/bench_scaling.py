@@ -43,7 +43,7 @@ def bench_shards(cfg, data: str, init: str, repeats: int) -> dict[int, float]:
     repeat draws new intents (a batch decodes as long as its longest sample, so one batch of
     intents would stand for all)."""
     from cluster.actors import RolloutActor
-    from rollout.dataset import read_split
+    from rollout.datagen.dataset import read_split
 
     t, b = cfg.train, cfg.train.prompts_per_step
     rows = read_split(data, t.split).column("intent").to_pylist()

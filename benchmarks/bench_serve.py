@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 def intents(n: int, seed: int = 11) -> list[str]:
-    from rollout.intents import IntentGenerator, template_ids
+    from rollout.datagen.intents import IntentGenerator, template_ids
     from validator_actors.codebook import load_codebook
 
     gen, tids = IntentGenerator(load_codebook(), seed), template_ids(False)

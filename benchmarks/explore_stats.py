@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from learner.policy import load_policy  # noqa: E402
-from rollout.dataset import read_split  # noqa: E402
+from rollout.datagen.dataset import read_split  # noqa: E402
 from rollout.sampler import Sampler  # noqa: E402
 from validator_actors.tokens import TokenCounter  # noqa: E402
 from validator_actors.validator import Validator  # noqa: E402

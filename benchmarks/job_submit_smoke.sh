@@ -28,7 +28,7 @@ import sys, yaml
 from pathlib import Path
 from transformers import AutoTokenizer
 from learner.policy import PRESETS, build_policy, save_policy
-from rollout.dataset import build_dataset
+from rollout.datagen.dataset import build_dataset
 work = Path(sys.argv[1])
 build_dataset(work / "data", n=100, seed=6, progress=lambda m: None, paraphrases=0)
 tok = AutoTokenizer.from_pretrained(str(work / "data" / "tokenizer"))

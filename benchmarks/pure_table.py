@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor  # noqa: E402
-from rollout.dataset import read_split  # noqa: E402
+from rollout.datagen.dataset import read_split  # noqa: E402
 from validator_actors.tokens import TokenCounter  # noqa: E402
 
 SPLITS = ("test", "heldout")

@@ -16,7 +16,7 @@ import json
 import torch
 
 from learner.policy import load_policy
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.sampler import Sampler
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, score

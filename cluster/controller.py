@@ -34,7 +34,7 @@ from cluster.actors import LearnerActor, RolloutActor
 from cluster.run_folder import checkpoint_folder, latest_checkpoint, point_latest, truncate_metrics
 from learner.config import RunConfig, TrainConfig
 from rollout.batch import RolloutBatch, ScoredBatch, WeightsRef, merge_rollouts
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.shaping import shape
 from validator_actors.pool import ValidatorPool
 from validator_actors.tokens import TokenCounter

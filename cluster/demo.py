@@ -19,7 +19,7 @@ GRPO_CONFIG = ROOT / "tune_configs" / "10m.yaml"
 
 def _demo(args: argparse.Namespace) -> int:
     from rollout.baseline import RuleBasedCompressor, evaluate_compressor
-    from rollout.dataset import build_dataset, read_split
+    from rollout.datagen.dataset import build_dataset, read_split
     from validator_actors.tokens import TokenCounter
 
     log = lambda m: print(f"[demo] {m}", file=sys.stderr, flush=True)  # noqa: E731

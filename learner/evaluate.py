@@ -14,7 +14,7 @@ import torch
 
 from learner.policy import load_policy
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.sampler import Sampler
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator

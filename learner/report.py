@@ -250,7 +250,7 @@ def build_report(data_dir: str | Path, arms: list[ArmSpec], out: str | Path, *, 
                  command: str = "", log=print) -> dict:
     """Measure, analyse, draw and write the report; returns ``report.json``'s content."""
     from learner import report_figures, report_markdown
-    from rollout.dataset import read_split
+    from rollout.datagen.dataset import read_split
     from validator_actors.tokens import TokenCounter
     from validator_actors.validator import Validator
 

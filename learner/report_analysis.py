@@ -19,7 +19,7 @@ from statistics import NormalDist, fmean
 
 import numpy as np
 
-from rollout.intents import TEMPLATES, template_ids
+from rollout.datagen.intents import TEMPLATES, template_ids
 
 Z95 = NormalDist().inv_cdf(0.975)
 FLOORS = {"pass_rate": 0.90, "compression": 0.80, "latency_p50_ms": 100.0, "size_mb": 1024.0}

@@ -23,7 +23,7 @@ from learner.config import RunConfig
 from learner.optim_state import load_optimizer_tensors, optimizer_tensors
 from learner.policy import build_policy, count_params, load_policy, save_policy
 from learner.scoring import resolve_precision
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.sampler import Sampler, encode_prompts
 from validator_actors.forms import draw_form
 from validator_actors.validator import Validator

@@ -17,14 +17,14 @@ def _data(args: argparse.Namespace) -> int:
         if not args.rl:
             raise UsageError("--rl-only writes rl.parquet: give its size with --rl N (N >= 1)")
         need_data(args.out, "train.parquet", "val.parquet", "test.parquet", flag="--out")
-        from rollout.dataset import build_rl_prompts
+        from rollout.datagen.dataset import build_rl_prompts
 
         stats = build_rl_prompts(args.out, args.rl, seed=args.seed, new_programs=args.rl_new_programs,
                                  set_share=args.rl_set_share, progress=progress)
         print(json.dumps({"out": str(args.out), "rl": {"count": stats["count"]}}, indent=2))
         return 0
 
-    from rollout.dataset import build_dataset, build_rl_prompts
+    from rollout.datagen.dataset import build_dataset, build_rl_prompts
 
     with staged_dir(args.out) as tmp:  # a failure leaves --out as it was
         stats = build_dataset(tmp, n=args.n, seed=args.seed, vocab_size=args.vocab_size,
@@ -43,7 +43,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def _baseline(args: argparse.Namespace) -> int:
     from rollout.baseline import RuleBasedCompressor, evaluate_compressor
-    from rollout.dataset import read_split
+    from rollout.datagen.dataset import read_split
     from validator_actors.tokens import TokenCounter
     from validator_actors.cli_args import need_data
 

@@ -26,7 +26,7 @@ def episode_rows(rows: Sequence[dict] | None, data_dir: str | Path | None, split
     if rows is None:
         if data_dir is None:
             raise ValueError(f"{env} needs rows or data_dir")
-        from rollout.dataset import read_split
+        from rollout.datagen.dataset import read_split
         rows = read_split(data_dir, split).to_pylist()
     if not rows:
         raise ValueError(f"{env} needs at least one row")
@@ -37,7 +37,7 @@ class CompressionEnv(gym.Env):
     """``reset() -> (intent, info)``; ``step(program) -> (intent, reward, True, False, info)``.
 
     ``rows`` are dicts with at least ``intent`` and ``reference_hash`` (a split from
-    ``rollout.dataset.read_split(...).to_pylist()``), or pass ``data_dir`` and ``split``.
+    ``rollout.datagen.dataset.read_split(...).to_pylist()``), or pass ``data_dir`` and ``split``.
     """
 
     metadata = {"render_modes": []}

@@ -21,7 +21,7 @@ from ray import tune
 
 from cluster import controller
 from learner.config import RunConfig
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from sweep.space import SweepConfig
 from sweep.warm_start import warm_start_name
 

@@ -210,7 +210,7 @@ def tiny_grpo(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from learner.policy import PRESETS, build_policy, save_policy
-    from rollout.dataset import build_dataset
+    from rollout.datagen.dataset import build_dataset
 
     root = tmp_path_factory.mktemp("tiny_grpo")
     build_dataset(root / "data", n=100, seed=4, progress=lambda m: None, paraphrases=0)

@@ -27,7 +27,7 @@ import ray
 from ray import serve
 
 from multinode_cluster import add_node, emit, local_cluster, log, lose_node, where
-from rollout.intents import IntentGenerator, template_ids
+from rollout.datagen.intents import IntentGenerator, template_ids
 from serve import app as serve_app
 from serve.cli import load_config
 from validator_actors.codebook import load_codebook

@@ -11,7 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from rollout.baseline import RuleBasedCompressor, evaluate_compressor
-from rollout.dataset import build_dataset, read_split
+from rollout.datagen.dataset import build_dataset, read_split
 from rollout.env import CompressionEnv
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import Validator, reward

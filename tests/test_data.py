@@ -8,9 +8,9 @@ import statistics
 import pyarrow.parquet as pq
 import pytest
 
-from rollout.corrupt import PROGRAM_CODES
-from rollout.dataset import build_dataset, read_split
-from rollout.intents import TEMPLATES, template_ids
+from rollout.datagen.corrupt import PROGRAM_CODES
+from rollout.datagen.dataset import build_dataset, read_split
+from rollout.datagen.intents import TEMPLATES, template_ids
 from rollout.tokenizer import SPECIAL_TOKENS
 from validator_actors.tokens import TokenCounter
 from validator_actors import ir
@@ -156,7 +156,7 @@ def test_rl_prompts_are_new_intents_with_no_val_or_test_program(tmp_path):
     other files are left as they were."""
     import hashlib
 
-    from rollout.dataset import build_rl_prompts
+    from rollout.datagen.dataset import build_rl_prompts
 
     out = tmp_path / "data"
     build_dataset(out, n=400, seed=3, progress=lambda m: None, paraphrases=2)
@@ -185,7 +185,7 @@ def test_rl_prompts_are_new_intents_with_no_val_or_test_program(tmp_path):
 def test_rl_set_share_fixes_the_fraction_of_intents_that_write_a_complete_set(tmp_path):
     """``--rl-set-share F``: round(F * N) of the rl intents have a star token in their minimal
     form, the rest none; the other guarantees (new intents, no val/test program) still hold."""
-    from rollout.dataset import build_rl_prompts
+    from rollout.datagen.dataset import build_rl_prompts
 
     out = tmp_path / "data"
     build_dataset(out, n=400, seed=3, progress=lambda m: None, paraphrases=0)

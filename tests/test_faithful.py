@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rollout.intents import IntentGenerator, template_ids
+from rollout.datagen.intents import IntentGenerator, template_ids
 from validator_actors import ir
 from validator_actors.codebook import load_codebook
 from validator_actors.faithful import check, check_all

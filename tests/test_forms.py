@@ -9,7 +9,7 @@ import pytest
 from validator_actors import ir
 from validator_actors.codebook import load_codebook
 from validator_actors.forms import _Always, draw_form
-from rollout.intents import IntentGenerator, surface_program, template_ids
+from rollout.datagen.intents import IntentGenerator, surface_program, template_ids
 
 CB = load_codebook()
 

@@ -12,7 +12,7 @@ from learner.grpo import group_advantages
 from learner.grpo_learner import GRPOConfig, GRPOLearner
 from rollout.batch import ScoredBatch
 from learner.policy import PRESETS, build_policy
-from rollout.dataset import build_dataset
+from rollout.datagen.dataset import build_dataset
 from rollout.sampler import Sampler
 from rollout.worker import copy_weights
 

@@ -30,7 +30,7 @@ def url(ray_local):
 
 def intents(n: int) -> list[str]:
     """``n`` distinct generated intents (so that the answer cache never hits)."""
-    from rollout.intents import IntentGenerator, template_ids
+    from rollout.datagen.intents import IntentGenerator, template_ids
     from validator_actors.codebook import load_codebook
 
     gen, tids, seen = IntentGenerator(load_codebook(), 23), template_ids(False), {}

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from learner.config import RunConfig
 from learner.policy import NOMINAL_PARAMS, PRESETS, build_policy, count_params, load_policy, save_policy
 from learner.sft import IGNORE, SFTTrainer, build_examples, collate, completion_loss
-from rollout.dataset import build_dataset, read_split
+from rollout.datagen.dataset import build_dataset, read_split
 from rollout.sampler import Sampler, sequence_logprobs
 from validator_actors.validator import Validator
 
@@ -281,7 +281,7 @@ def test_the_shipped_10m_checkpoint_compresses_fresh_intents():
     """serve/assets/compressor_10m is the warm start the later issues build on."""
     from pathlib import Path
 
-    from rollout.intents import IntentGenerator, template_ids
+    from rollout.datagen.intents import IntentGenerator, template_ids
     from validator_actors import ir
     from validator_actors.codebook import load_codebook
     from validator_actors.validator import Validator

@@ -20,7 +20,7 @@ import pytest
 from learner import report_analysis as an
 from learner.report import parse_arm, parse_recorded
 from learner.report_markdown import SECTIONS, ci, pct
-from rollout.dataset import build_dataset, read_split
+from rollout.datagen.dataset import build_dataset, read_split
 
 LIMIT = 6
 TINY_YAML = Path(__file__).resolve().parents[1] / "tune_configs" / "tiny.yaml"

@@ -26,7 +26,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from rollout.intents import IntentGenerator, template_ids
+from rollout.datagen.intents import IntentGenerator, template_ids
 from validator_actors.codebook import load_codebook
 from validator_actors.jobspec import expand, jobspec_hash
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.intents import IntentGenerator, template_ids
+from rollout.datagen.intents import IntentGenerator, template_ids
 from serve.compressor import Compressor, CompressorConfig
 from validator_actors.codebook import load_codebook
 from validator_actors.jobspec import expand, jobspec_hash

@@ -8,7 +8,7 @@ import torch
 
 from learner.config import RunConfig
 from rollout.batch import RolloutBatch
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.sampler import encode_completions, encode_prompts
 from rollout.shaping import ShapingConfig, shape
 from validator_actors.tokens import TokenCounter

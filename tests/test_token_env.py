@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from rollout.dataset import read_split
+from rollout.datagen.dataset import read_split
 from rollout.token_env import END, ENV_ID, TokenCompressionEnv
 from validator_actors.tokens import TokenCounter
 from validator_actors.validator import score

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rollout.dataset import build_dataset
+from rollout.datagen.dataset import build_dataset
 from sweep.space import SweepConfigError, load_sweep
 from sweep.trial import FAULTS_ENV
 

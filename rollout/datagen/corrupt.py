@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from rollout.intents import Example
+from rollout.datagen.intents import Example
 from validator_actors import ir
 from validator_actors.codebook import Codebook
 from validator_actors.validator import ERROR_CODES, Validator

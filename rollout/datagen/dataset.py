@@ -22,7 +22,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollout.intents import Example, IntentGenerator, surface_program, template_ids
+from rollout.datagen.intents import Example, IntentGenerator, surface_program, template_ids
 from rollout.tokenizer import save_tokenizer, train_bpe
 from validator_actors.tokens import TokenCounter
 from validator_actors import ir
@@ -148,7 +148,7 @@ def _paraphrases(gen: IntentGenerator, train: list[Example], k: int, seen: set[s
 def build_dataset(out: str | Path, n: int = 10000, seed: int = 0, vocab_size: int = 2048,
                   progress=print, paraphrases: int = 4) -> dict:
     """Generate every file of the dataset under ``out``; return the stats."""
-    from rollout.corrupt import corrupt_rows
+    from rollout.datagen.corrupt import corrupt_rows
 
     if n < 30:
         raise ValueError(f"n={n} is too small: each of train/val/test needs at least a few rows")
