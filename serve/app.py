@@ -25,7 +25,6 @@ path; ``compose`` also takes the deployment options, for the CLI, tests and benc
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,14 +84,15 @@ class Service:
     # ------------------------------------------------------------------ what the routes call
 
     async def compress(self, intents: list[str], k: int | None) -> list[dict]:
-        long = self.compressor.too_long(intents)
+        counts = self.compressor.count(intents)  # counted once: the answers reuse them
+        long = [(i, n) for i, n in enumerate(counts) if n > self.compressor.max_intent_tokens]
         if long:
             where = "the intent is" if len(intents) == 1 else f"intent {long[0][0]} is"
             raise web.BadInput(422, f"{where} {long[0][1]} tokens; the compressor reads at most "
                                     f"{self.compressor.max_intent_tokens} (shorten it or split it into several)")
         with self.gates["compressor"].admit(len(intents)):
-            return await self._within(asyncio.gather(*(self._compress_batch((t, k or 0)) for t in intents)),
-                                      "compressor")
+            return await self._within(asyncio.gather(*(self._compress_batch((t, k or 0, n))
+                                                       for t, n in zip(intents, counts))), "compressor")
 
     async def encode(self, pixels: list, entity_ids: list[str]) -> list[dict]:
         with self.gates["encoder"].admit(len(pixels)):
@@ -114,10 +114,11 @@ class Service:
     # ------------------------------------------------------------------ batching
 
     @serve.batch(**BATCHING["compressor"])
-    async def _compress_batch(self, requests: list[tuple[str, int]]) -> list[dict]:
-        """Each request is (intent, k); the whole batch decodes in one pass, whatever each k."""
-        answers = await self._run("compressor", self.compressor.compress, [t for t, _ in requests],
-                                  [k for _, k in requests])
+    async def _compress_batch(self, requests: list[tuple[str, int, int]]) -> list[dict]:
+        """Each request is (intent, k, intent tokens); the whole batch decodes in one pass,
+        whatever each k."""
+        answers = await self._run("compressor", self.compressor.compress, [t for t, _, _ in requests],
+                                  [k for _, k, _ in requests], [n for _, _, n in requests])
         return [{**a.to_dict(), "batch": len(requests)} for a in answers]
 
     @serve.batch(**BATCHING["encoder"])
@@ -165,20 +166,16 @@ def check_args(args: dict) -> tuple[dict, dict, dict]:
     timeout = args.get("timeout_s", 30.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout_s must be a number of seconds > 0, got {timeout!r}")
+    from learner.config import build_section  # the run configs' strict loader: keys and types named
+
     out = []
     for name, cls in SECTIONS.items():
         given = args.get(name) or {}
-        if not isinstance(given, dict):
-            raise ValueError(f"{name} must be a section of settings, got {given!r}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        extra = sorted(set(given) - set(fields))
-        if extra:
-            raise ValueError(f"unknown key {name}.{extra[0]}; {name} has {', '.join(fields)}")
         try:
-            cls(**given)
-        except TypeError as exc:  # a comparison with a value of the wrong type
-            raise ValueError(f"{name}: a setting has the wrong type ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            build_section(cls, given, name)
+        except TypeError as exc:  # a wrong type, named with its dotted key
+            raise ValueError(str(exc)) from None
+        except ValueError as exc:  # an unknown key (named), or a value the section refuses
+            raise ValueError(str(exc) if str(exc).startswith("unknown key") else f"{name}: {exc}") from None
         out.append(dict(given))
     return out[0], out[1], out[2]

@@ -142,21 +142,21 @@ class Compressor:
 
     @property
     def max_intent_tokens(self) -> int:
-        """The longest intent the policy reads whole: its prompt is ``<bos> intent <sep>``."""
+        """The longest intent the policy reads whole: its prompt is ``<bos> intent <sep>``. A longer
+        one is refused (the decoder would cut it, and the program would answer another request)."""
         return self.decoder.max_prompt_len - 2
 
-    def too_long(self, intents: list[str]) -> list[tuple[int, int]]:
-        """(index, tokens) of each intent longer than :attr:`max_intent_tokens` (the decoder
-        would cut it, and the program would answer a different request)."""
-        return [(i, n) for i, n in enumerate(self.count(intents)) if n > self.max_intent_tokens]
-
-    def compress(self, intents: list[str], k: int | list[int | None] | None = None) -> list[Compression]:
+    def compress(self, intents: list[str], k: int | list[int | None] | None = None,
+                 intent_tokens: list[int] | None = None) -> list[Compression]:
         """Answer every intent; ``k`` candidates each (one for all, or one per intent; None or 0 =
-        ``cfg.max_candidates``). Intents not in the cache are decoded together in one batch."""
+        ``cfg.max_candidates``). Intents not in the cache are decoded together in one batch.
+        ``intent_tokens``: the intents' token counts, when the caller has them already."""
         ks = [kk or self.cfg.max_candidates for kk in (k if isinstance(k, list) else [k] * len(intents))]
         t0 = time.perf_counter()
         todo = [i for i, key in enumerate(zip(intents, ks)) if key not in self._cache]
-        fresh = dict(zip(todo, self._decode([intents[i] for i in todo], [ks[i] for i in todo], t0))) if todo else {}
+        counts = [intent_tokens[i] for i in todo] if intent_tokens is not None else None
+        fresh = dict(zip(todo, self._decode([intents[i] for i in todo], [ks[i] for i in todo], t0, counts))) \
+            if todo else {}
         out = []
         for i, key in enumerate(zip(intents, ks)):
             if i in fresh:
@@ -169,14 +169,15 @@ class Compressor:
                 out.append(Compression(**{**asdict(hit), "latency_ms": ms, "cached": True}))
         return out
 
-    def _decode(self, intents: list[str], ks: list[int], t0: float) -> list[Compression]:
+    def _decode(self, intents: list[str], ks: list[int], t0: float,
+                intent_tokens: list[int] | None = None) -> list[Compression]:
         from serve.decode import Row
 
         rows = [Row(i, None if j == 0 else candidate_generator(intent, j))
                 for i, (intent, k) in enumerate(zip(intents, ks)) for j in range(k)]
         texts = self.decoder.texts(self.decoder.generate(intents, rows, temperature=self.cfg.temperature,
                                                          top_p=self.cfg.top_p))
-        intent_tokens = self.count(intents)
+        intent_tokens = intent_tokens if intent_tokens is not None else self.count(intents)
         ms = round((time.perf_counter() - t0) * 1000, 3)
         out, at = [], 0
         for intent, k, n in zip(intents, ks, intent_tokens):

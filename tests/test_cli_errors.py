@@ -117,7 +117,7 @@ CASES = [
     ("serve --encoder {empty}", "--encoder"),
     ("serve --config {broken}", "broken.yaml: line 3 not valid YAML"),
     ("serve --set compressor.max_candidates=99", "--set: compressor: max_candidates must be in 1..16"),
-    ("serve --set limits.queue=3", "--set: unknown key limits.queue; limits has"),
+    ("serve --set limits.queue=3", "--set: unknown key limits.queue; known keys: body_timeout_s"),
     ("serve --set timeout_s=-1", "timeout_s must be a number of seconds > 0"),
     ("serve --port 70000", "--port: must be a TCP port in 1..65535"),
     # vae: numbers, folders
