@@ -5,9 +5,10 @@ clipped surrogate and value losses); this module configures it and keeps a run f
 layout ``tinycompress train`` writes:
 
     RUN/config.yaml        the settings that ran
-    RUN/metrics.jsonl      one line per iteration: step, env_steps, reward_mean, pass_rate,
-                           ir_tokens, episode_len, t_iter; val_pass_rate and val_ir_tokens
-                           every eval_every iterations
+    RUN/metrics.jsonl      one line per iteration: step, env_steps, episodes, reward_mean,
+                           pass_rate, ir_tokens, episode_len, step_time and where it went
+                           (t_sample, t_update, env_step_ms, inference_ms); val_pass_rate and
+                           val_ir_tokens every eval_every iterations
     RUN/tensorboard/       the same figures
     RUN/rllib/             RLlib's own checkpoint of the algorithm (resume)
     RUN/checkpoints/step_N the policy as a checkpoint folder (tinycompress eval, serve)
@@ -219,11 +220,7 @@ class PPORun:
             t0 = time.perf_counter()
             result = self.algo.train()
             self.step += 1
-            runners = result.get("env_runners", {})
-            row = {"step": self.step, "env_steps": int(result.get("num_env_steps_sampled_lifetime", 0)),
-                   "reward_mean": runners.get("episode_return_mean"), "pass_rate": runners.get("pass_rate"),
-                   "ir_tokens": runners.get("ir_tokens"), "episode_len": runners.get("episode_len_mean"),
-                   "t_iter": round(time.perf_counter() - t0, 3)}
+            row = {"step": self.step, **iteration_figures(result), "step_time": round(time.perf_counter() - t0, 3)}
             last = self.step == s.iterations
             if self.step % s.eval_every == 0 or last:
                 row.update(self.evaluate())
@@ -243,6 +240,23 @@ class PPORun:
         if self.tb is not None:
             self.tb.close()
         self.algo.stop()
+
+
+def iteration_figures(result: dict) -> dict:
+    """What ``metrics.jsonl`` keeps of one RLlib training result: episode figures (programs),
+    lifetime counts, and where the time went (sampling vs learning; per env step, the env and
+    the module's forward pass)."""
+    runners, timers = result.get("env_runners", {}), result.get("timers", {})
+
+    def ms(value):
+        return round(1000 * value, 3) if isinstance(value, (int, float)) else None
+
+    return {"env_steps": int(result.get("num_env_steps_sampled_lifetime", 0)),
+            "episodes": int(runners.get("num_episodes_lifetime", 0)),
+            "reward_mean": runners.get("episode_return_mean"), "pass_rate": runners.get("pass_rate"),
+            "ir_tokens": runners.get("ir_tokens"), "episode_len": runners.get("episode_len_mean"),
+            "t_sample": timers.get("env_runner_sampling_timer"), "t_update": timers.get("learner_update_timer"),
+            "env_step_ms": ms(runners.get("env_step_timer")), "inference_ms": ms(runners.get("rlmodule_inference_timer"))}
 
 
 def _ppo(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
-def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     cum = sorted_logits.softmax(-1).cumsum(-1)
     drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
@@ -97,7 +97,7 @@ class Sampler:
             if greedy:
                 chosen = scaled.argmax(-1)
             else:
-                probs = (_top_p_filter(scaled, self.top_p) if self.top_p < 1 else scaled).softmax(-1)
+                probs = (top_p_filter(scaled, self.top_p) if self.top_p < 1 else scaled).softmax(-1)
                 chosen = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(scaled.device)
             tokens[active, t] = chosen.cpu()
             logps[active, t] = logp_all.gather(-1, chosen[:, None]).squeeze(1).cpu()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rollout.sampler import _top_p_filter, encode_prompts
+from rollout.sampler import encode_prompts, top_p_filter
 
 
 class Linear:
@@ -211,7 +211,7 @@ class StaticDecoder:
         """Gumbel-max draws from softmax(logits / T), top-p filtered; row i uses ``generators[i]``."""
         scaled = logits / temperature
         if top_p < 1:
-            scaled = _top_p_filter(scaled, top_p)
+            scaled = top_p_filter(scaled, top_p)
         noise = torch.stack([torch.rand(scaled.shape[-1], generator=g) for g in generators])  # (R, V)
         gumbel = -torch.log(-torch.log(noise.clamp(1e-10, 1 - 1e-7)))
         return (scaled + gumbel).argmax(-1)

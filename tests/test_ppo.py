@@ -31,6 +31,8 @@ def test_two_ppo_iterations_then_a_resume_that_continues_them(ray_local, tiny_gr
     for r in rows:
         assert -3 < r["reward_mean"] < 1 and 0 <= r["pass_rate"] <= 1 and 0 <= r["val_pass_rate"] <= 1
         assert 1 <= r["episode_len"] <= settings.max_program_tokens + 1
+        assert r["env_step_ms"] > 0 and r["inference_ms"] > 0 and 0 < r["t_sample"] < r["step_time"]
+    assert 0 < rows[0]["episodes"] < rows[1]["episodes"] <= rows[1]["env_steps"], "programs sampled, counted"
     saved, _, meta = load_policy(out / "checkpoints" / "step_000002")
     assert meta["stage"] == "ppo" and meta["step"] == 2
     start, _, _ = load_policy(tiny_grpo / "init")
