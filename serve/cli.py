@@ -115,7 +115,7 @@ def port_number(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the compressor and the TinyVAE encoder over HTTP (Ray Serve)")
-    p.add_argument("--compressor", help="policy checkpoint folder (default: serve/assets/compressor_10m)")
+    p.add_argument("--compressor", help="policy checkpoint folder (default: serve/assets/compressor_10m_grpo)")
     p.add_argument("--encoder", help="TinyVAE checkpoint folder (default: serve/assets/tinyvae)")
     p.add_argument("--host", default=None, help="default: the config file's http_options.host (127.0.0.1)")
     p.add_argument("--port", type=port_number, default=None, help="default: the config file's http_options.port (8000)")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_COMPRESSOR = ASSETS / "compressor_10m"
+DEFAULT_COMPRESSOR = ASSETS / "compressor_10m_grpo"  # GRPO from the warm start, compressor_10m
 
 
 @dataclass(frozen=True)
