@@ -5,7 +5,8 @@ train`` run; ``metrics.jsonl`` of a ``tinycompress ppo`` run) and draws greedy v
 and IR tokens against programs sampled and against CPU hours (summed training ``step_time``,
 evaluations not counted, times the cores both runs held). Prints one JSON line per run:
 programs and env steps (tokens) sampled, wall seconds, programs/s, and for PPO where an
-iteration's time went (sampling vs learning; per env step, the env and the module's forward).
+iteration's time went (sampling vs learning, RLlib's smoothed timers as medians; per env step,
+the env and the module's forward).
 
     python benchmarks/plot_ppo_vs_grpo.py --grpo runs/cmp/grpo --ppo runs/cmp/ppo \\
         --out docs/img/ppo_vs_grpo.png --json docs/bench/ppo_vs_grpo.json
@@ -67,8 +68,9 @@ def ppo_points(folder: Path, warm: dict | None) -> tuple[list[dict], dict]:
     totals = {"iterations": len(rows), "programs": programs, "env_steps": steps, "seconds": round(seconds, 1),
               "programs_per_s": round(programs / seconds, 3) if seconds else None,
               "env_steps_per_s": round(steps / seconds, 2) if seconds else None,
-              "t_sample_share": round(sum(r.get("t_sample") or 0 for r in rows) / seconds, 3) if seconds else None,
-              "t_update_share": round(sum(r.get("t_update") or 0 for r in rows) / seconds, 3) if seconds else None,
+              # RLlib's timers are smoothed over iterations: medians, not per-iteration sums
+              "step_time_median": med("step_time"), "t_sample_median": med("t_sample"),
+              "t_update_median": med("t_update"),
               "env_step_ms_median": med("env_step_ms"), "inference_ms_median": med("inference_ms")}
     return points, totals
 

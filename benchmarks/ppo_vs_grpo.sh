@@ -8,6 +8,8 @@
 #
 #   bash benchmarks/ppo_vs_grpo.sh              # DATA=data/default OUT=runs/ppo_vs_grpo BUDGET_S=900
 #   DRY=1 bash benchmarks/ppo_vs_grpo.sh        # print the commands only
+#   INIT=runs/pure/sft_10m_forms OUT=runs/ppo_vs_grpo_forms BUDGET_S=600 PLOT=docs/img/ppo_vs_grpo_forms.png \
+#     JSON=docs/bench/ppo_vs_grpo_forms.json bash benchmarks/ppo_vs_grpo.sh   # from the exploring warm start
 #
 # Each run stops at BUDGET_S seconds (SIGINT: the run shuts its actors down; metrics.jsonl keeps
 # every finished step). A run folder that exists is kept: delete it to run that arm again.
@@ -38,4 +40,4 @@ run mkdir -p "$OUT"
     --set ppo.checkpoint_every=10000
 
 run "$PY" benchmarks/plot_ppo_vs_grpo.py --grpo "$OUT/grpo" --ppo "$OUT/ppo" \
-    --out docs/img/ppo_vs_grpo.png --json docs/bench/ppo_vs_grpo.json
+    --out "${PLOT:-docs/img/ppo_vs_grpo.png}" --json "${JSON:-docs/bench/ppo_vs_grpo.json}"

@@ -1,8 +1,11 @@
-"""The GRPO controller: sample -> score -> update -> sync -> log, one short function a phase.
+"""The GRPO controller: draw -> sample -> score -> shape -> update -> sync -> log, one short
+function a phase.
 
-Rollout workers and the learner are Ray actors (the learner takes the GPU when the cluster
-has one), scoring goes through the validator actor pool, and new weights reach every worker
-as one versioned flat numpy buffer put once in the object store.
+Rollout workers and the learner are Ray actors (shells over ``rollout.worker.RolloutWorker``
+and ``learner.grpo_learner.GRPOLearner``; the learner takes the GPU when the cluster has one),
+scoring goes through the validator actor pool, ``rollout.shaping.shape`` turns the scores into
+the learner's batch, and new weights reach every worker as one versioned flat numpy buffer put
+once in the object store. ``cluster.run_folder`` owns the run folder's layout.
 
 Two modes (``train.mode``):
 
