@@ -10,7 +10,7 @@
 # Paths the command reads must be absolute (it runs inside the worktree).
 set -euo pipefail
 [[ $# -ge 6 && $5 == -- ]] || { echo "usage: $0 REV_A REV_B ROUNDS OUT -- COMMAND..." >&2; exit 2; }
-A=$1 B=$2 ROUNDS=$3 OUT=$(realpath -m "$4"); shift 5
+A=$(git rev-parse --short "$1") B=$(git rev-parse --short "$2") ROUNDS=$3 OUT=$(realpath -m "$4"); shift 5
 mkdir -p "$OUT"
 declare -A TREE
 for rev in "$A" "$B"; do
@@ -20,7 +20,7 @@ done
 trap 'for t in "${TREE[@]}"; do git worktree remove --force "$t"; done' EXIT
 for round in $(seq 1 "$ROUNDS"); do
     for rev in "$A" "$B"; do
-        name=$(git rev-parse --short "$rev").$round
+        name=$rev.$round
         cmd=("${@//\{json\}/$OUT/$name.json}")
         echo "+ [$name] ${cmd[*]}" >&2
         (cd "${TREE[$rev]}" && PYTHONPATH="${TREE[$rev]}" "${cmd[@]}") > "$OUT/$name.out" 2>&1
