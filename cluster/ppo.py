@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -202,15 +203,23 @@ class PPORun:
         return {"val_pass_rate": round(float(np.mean([info["valid"] for info in judged])), 4),
                 "val_ir_tokens": round(float(np.mean(tokens)), 3) if tokens else None}
 
+    @functools.cached_property
+    def _init_tokenizer_and_policy(self):
+        """The warm start's tokenizer and policy config, read once (every checkpoint uses them)."""
+        from learner.policy import load_policy, policy_config_from_meta
+
+        _, tok, meta = load_policy(self.init)
+        return tok, policy_config_from_meta(meta)
+
     def save(self) -> None:
         from cluster.run_folder import checkpoint_folder, point_latest
-        from learner.policy import load_policy, policy_config_from_meta, save_policy
+        from learner.policy import save_policy
 
         self.algo.save_to_path(str(self.out / "rllib"))
         (self.out / "rllib" / "tinycompress_state.json").write_text(json.dumps({"step": self.step}) + "\n")
-        _, tok, meta = load_policy(self.init)
+        tok, policy = self._init_tokenizer_and_policy
         folder = checkpoint_folder(self.out, self.step)
-        save_policy(self.module().policy, tok, policy_config_from_meta(meta), folder,
+        save_policy(self.module().policy, tok, policy, folder,
                     {"stage": "ppo", "step": self.step, "init": str(self.init)})
         point_latest(folder, self.s.keep_checkpoints)
 
