@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from learner.vae import quality as ev
-from learner.vae.model import TinyVAE, VAEConfig, num_params, vae_loss
+from learner.vae.model import TinyVAE, VAEConfig, num_params, shift_disagreement, vae_loss
 from learner.vae.int8 import dynamic_int8, export_int8, load_int8, quantize_per_channel
-from learner.vae.train import VAETrainConfig, load_checkpoint, save_checkpoint, to_tensor, train, train_step
+from learner.vae.train import (VAETrainConfig, jitter, load_checkpoint, sample_views, save_checkpoint, to_tensor,
+                               train, train_step)
 from learner.vae.trust import TrustCalibration, TrustedLatent, trust_score, wrap
 from learner.vae.vq import VectorQuantizer, VQConfig
 
@@ -99,9 +100,64 @@ def test_ssim_term_and_beta_enter_the_loss(crops):
     assert vae_loss(sigma, x, x, mu, logvar)["loss"] < vae_loss(sigma, x, recon, mu, logvar)["loss"]
 
 
+def test_one_step_with_the_shift_term_moves_every_parameter_and_raises_agreement(crops):
+    torch.manual_seed(2)
+    m = TinyVAE(VAEConfig(shift_weight=1.0, ssim_weight=1.0, upsample="bilinear"))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    wide = np.pad(crops[:16], ((0, 0), (8, 8), (8, 8), (0, 0)), mode="reflect")  # (16, 80, 80, 3)
+    data = torch.from_numpy(wide).permute(0, 3, 1, 2)
+    xa, xb = sample_views(data, VAETrainConfig(batch_size=16), gen)  # views up to 16 px apart
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    first = train_step(m, opt, xa, xb)
+    for _ in range(5):
+        last = train_step(m, opt, xa, xb)
+    assert np.isfinite(first["loss"]) and last["shift_cos"] > first["shift_cos"]
+    assert all(not torch.equal(p, before[n]) for n, p in m.named_parameters())
+
+
+def test_shift_disagreement_is_zero_for_equal_views_and_blind_to_a_shared_offset():
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 64), torch.randn(8, 64)
+    assert torch.allclose(shift_disagreement(a, a), torch.zeros(8), atol=1e-6)
+    offset = 50 * torch.randn(64)  # a constant shared by every latent cannot fake agreement
+    torch.testing.assert_close(shift_disagreement(a + offset, b + offset), shift_disagreement(a, b))
+    with pytest.raises(ValueError, match="mu_shifted"):
+        vae_loss(VAEConfig(shift_weight=1.0), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), a[:2], b[:2])
+
+
+def test_views_are_windows_of_one_stored_crop_with_one_flip_and_jitter():
+    yy, xx = torch.meshgrid(torch.arange(80), torch.arange(80), indexing="ij")
+    coded = torch.stack([yy, xx, yy * 0 + 128]).to(torch.uint8)  # (3, 80, 80): position-coded
+    data = coded.expand(4, 3, 80, 80).clone()
+    a, b = sample_views(data, VAETrainConfig(batch_size=32, jitter=0.0), torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == (32, 3, 64, 64)
+    step = lambda v: (v[:, 1, 0, 1:] - v[:, 1, 0, :-1]) * 255  # noqa: E731  x steps of +-1
+    assert torch.allclose(step(a).abs(), torch.ones(32, 63)) and torch.equal(step(a).sign(), step(b).sign())
+    assert ((a[:, 0, 0, 0] - b[:, 0, 0, 0]).abs() * 255 <= 16.001).all()  # at most 16 px apart
+    x = torch.rand(64, 3, 8, 8)
+    j = jitter(x.clone(), 0.1, torch.Generator().manual_seed(0))
+    assert j.min() >= 0 and j.max() <= 1 and not torch.equal(j, x)
+    assert torch.equal(jitter(x.clone(), 0.0, torch.Generator()), x)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, crops):
+    tcfg = VAETrainConfig(steps=6, batch_size=8, warmup=2, log_every=1, save_every=3, threads=1)
+    cfg = VAEConfig(shift_weight=0.5)
+    whole, _ = train(cfg, tcfg, crops, log=lambda s: None, out=tmp_path)  # leaves the step-3 state
+    assert (tmp_path / "train_state.pt").exists()
+    lines = []
+    resumed, rows = train(cfg, tcfg, crops, log=lines.append, out=tmp_path)
+    assert lines[0].startswith("resumed") and [r["step"] for r in rows] == list(range(6))
+    for (n, p), q in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"widths": (16, 30, 64)}, "groups"),
                                           ({"image_size": 60}, "divisible"),
-                                          ({"beta": -1.0}, "beta"), ({"recon": "l1"}, "recon")])
+                                          ({"beta": -1.0}, "beta"), ({"recon": "l1"}, "recon"),
+                                          ({"shift_weight": -1.0}, "shift_weight"),
+                                          ({"upsample": "cubic"}, "upsample")])
 def test_config_errors_are_actionable(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**kwargs)
@@ -238,6 +294,15 @@ def test_jpeg_round_trip_reports_sizes(crops):
     assert rec.shape == (3, 3, 64, 64) and (sizes > 0).all()
 
 
+def test_shift_agreement_pairs_different_scenes_only_and_separates_them(model, crops):
+    sources = np.repeat(np.arange(4), 3)
+    partner = ev.different_scene(sources, np.random.default_rng(0))
+    assert (sources[partner] != sources).all()
+    x = to_tensor(crops[:12])
+    res = ev.shift_agreement(lambda v: model.encode(v)[0], x, x.clone(), np.full(12, 8), sources)
+    assert res[8]["same_mean"] == pytest.approx(1.0, abs=1e-5) and res[8]["auc"] == 1.0
+
+
 def test_cross_view_identical_views_agree_perfectly(model, crops):
     x = to_tensor(crops[:6])
     res = ev.cross_view(model.encoder, x, x.clone(), np.zeros(6, int), ["same"])
@@ -268,8 +333,10 @@ def test_cli_smoke_data_train_eval(tmp_path):
     assert trained["params"] > 0 and trained["steps"] == 20 and "parameters" in progress
     assert run("eval", "--checkpoint", str(ckpt), "--data", str(data), "--smoke")[0]["report"] == str(ckpt / "eval.json")
     report = json.loads((ckpt / "eval.json").read_text())
-    methods = {r["method"] for r in report["table"]}
-    assert any("PCA" in m for m in methods) and any("JPEG" in m for m in methods)
+    test = report["splits"]["test"]  # scikit-image only: no held-out origin, so no heldout split
+    methods = {r["method"] for r in test["table"]}
+    assert set(report["splits"]) == {"test"} and any("PCA" in m for m in methods) and any("JPEG" in m for m in methods)
+    assert 0 <= test["beats_pca"]["psnr"] <= 1 and set(test["shift"]["TinyVAE"]) == {"2", "4", "8", "16"}
     assert 0 <= report["cross_view"]["auc"] <= 1 and "int8 weights" in report["int8"]
     for name in ("model.safetensors", "config.json", "vq.safetensors", "encoder_int8.safetensors",
                  "grid.png", "cross_view.png"):

@@ -1,18 +1,22 @@
 """Image data for TinyVAE: 64x64 RGB crops cut from real photographs that install offline.
 
-Sources (no hub, no torchvision):
+Where the photographs come from, and how near-duplicates are dropped, is
+``learner/vae/sources.py``. Here they are split and cut:
 
-- scikit-image's bundled photographs (``skimage.data``; always available, used by tests);
-- the example photographs in Debian's ``opencv-doc`` package;
-- the wallpapers in Debian's ``plasma-workspace-wallpapers`` package.
+- **splits by source, never by crop**: one origin (``HELDOUT_ORIGIN``, a whole Debian
+  package) is held out entirely for test (``heldout``); the other sources are split by
+  *source group* (a photograph together with its near-duplicates, e.g. a stereo pair) into
+  ``train``, ``val`` (for choosing settings) and ``test``, so no evaluated crop shares pixels
+  with a training crop;
+- **training crops are augmented at cut time**: each is cut at a random scale (a window of
+  up to ``max_scale`` times the side, resized down) and stored with ``context`` pixels of
+  margin on each side (80x80), so training can take two shifted 64x64 views of one scene;
+  flips and colour jitter are applied per batch by the trainer;
+- **evaluated crops** are 64x64 at the photographs' own scale, plus, per split, pairs of
+  crops shifted by 2, 4, 8 and 16 pixels (:data:`SHIFTS`) and, on ``test``, pairs of views
+  (:data:`VIEW_KINDS`) for the cross-view agreement test.
 
-The two Debian packages are fetched with ``apt-get download`` and unpacked with
-``dpkg-deb -x`` into a cache folder. Train and test are split by *source group* (a
-photograph together with its near-duplicates, e.g. a stereo pair), never by crop, so no
-test crop shares pixels with a training crop.
-
-A crop set is one ``crops.npz`` (uint8 arrays, ``(N, 64, 64, 3)``) plus ``manifest.json``.
-For the cross-view agreement test it also holds pairs of views of the same test crop.
+A crop set is one ``crops.npz`` (uint8 arrays) plus ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -20,23 +24,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
-import shutil
-import subprocess
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CROP = 64
-APT_PACKAGES = ("opencv-doc", "plasma-workspace-wallpapers")
-VIEW_KINDS = ("shift", "photometric", "noise", "camera")
+from learner.vae.sources import (  # noqa: F401  (re-exported: the crop set's one import point)
+    CROP, HELDOUT_ORIGIN, Source, apt_sources, dedupe, fetch_apt_packages, gather_sources,
+    group_key, skimage_sources)
 
-# skimage.data photographs (grey ones are replicated to RGB); `cat` duplicates `chelsea`
-SKIMAGE_COLOUR = ("astronaut", "chelsea", "coffee", "hubble_deep_field",
-                  "immunohistochemistry", "retina", "rocket", "motorcycle")
-SKIMAGE_GREY = ("camera", "moon", "coins", "clock", "brick", "grass", "gravel")
+VIEW_KINDS = ("shift", "photometric", "noise", "camera")
+SHIFTS = (2, 4, 8, 16)
+EVAL_SPLITS = ("val", "test", "heldout")
+DERIVED = ("train_crops",)  # recomputed from train_wide on load, not stored
 
 
 @dataclass(frozen=True)
@@ -44,114 +44,59 @@ class CropSetConfig:
     """How a crop set is cut. Every field is recorded in the manifest."""
 
     crops_per_source: int = 300
-    """Training/test crops cut at random positions from each source photograph."""
+    """Crops cut at random positions from each source photograph (every split)."""
     test_fraction: float = 0.15
-    """Share of source groups held out for test (at least one group)."""
+    """Share of source groups (outside the held-out origin) kept for test (at least one group)."""
+    val_fraction: float = 0.10
+    """Share of source groups kept for validation (0 = no val split)."""
+    heldout_origin: str = HELDOUT_ORIGIN
+    """Origin whose every photograph is held out for test ("" = none)."""
     max_side: int = 512
     """Sources are downscaled so that their shorter side is at most this many pixels."""
     min_std: float = 0.02
     """Crops whose pixel standard deviation (in [0, 1]) is below this are re-drawn."""
+    context: int = 8
+    """Margin around each training crop, in pixels: stored crops are 64 + 2 * context wide, so
+    two 64x64 views of one stored crop are up to 2 * context pixels apart."""
+    scale_prob: float = 0.5
+    """Share of training crops cut at a random scale instead of the photograph's own."""
+    max_scale: float = 2.0
+    """Largest scale: a window up to this many times the stored side, resized down (log-uniform)."""
+    dedupe_share: float = 0.10
+    """Images whose difference hashes differ in at most this share of bits are near-duplicates
+    (-1 = keep all). Measured on these sources: a true duplicate pair differs in 2% of bits,
+    the closest distinct photographs in 22%."""
     view_pairs: int = 512
     """Pairs of views of the same test crop for the cross-view agreement test."""
+    shift_pairs: int = 256
+    """Pairs of shifted crops per shift in SHIFTS, per evaluated split."""
     seed: int = 0
-    """Seed for crop positions, the split and the view transforms."""
+    """Seed for crop positions, scales, the split and the view transforms."""
 
     def __post_init__(self) -> None:
         if self.crops_per_source < 1:
             raise ValueError(f"crops_per_source must be >= 1, got {self.crops_per_source}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.max_side < CROP + 16:
-            raise ValueError(f"max_side must be >= {CROP + 16} to leave room for shifted views, "
-                             f"got {self.max_side}")
+        if not 0.0 <= self.val_fraction < 1.0 or self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1) and leave groups for training, got "
+                             f"{self.val_fraction} with test_fraction {self.test_fraction}")
+        if self.max_side < CROP + 2 * max(SHIFTS):
+            raise ValueError(f"max_side must be >= {CROP + 2 * max(SHIFTS)} to leave room for shifted "
+                             f"crops, got {self.max_side}")
         if not 0.0 <= self.min_std < 0.5:
             raise ValueError(f"min_std must be in [0, 0.5), got {self.min_std}")
-        if self.view_pairs < 0:
-            raise ValueError(f"view_pairs must be >= 0, got {self.view_pairs}")
+        if self.context < 0 or not 0.0 <= self.scale_prob <= 1.0 or self.max_scale < 1.0:
+            raise ValueError(f"context must be >= 0, scale_prob in [0, 1] and max_scale >= 1, got "
+                             f"{self.context}, {self.scale_prob}, {self.max_scale}")
+        if self.view_pairs < 0 or self.shift_pairs < 0:
+            raise ValueError(f"view_pairs and shift_pairs must be >= 0, got {self.view_pairs}, "
+                             f"{self.shift_pairs}")
 
-
-@dataclass(frozen=True)
-class Source:
-    """One photograph: a name, the group it splits with, and its pixels."""
-
-    name: str
-    group: str
-    origin: str
-    pixels: np.ndarray  # (H, W, 3) uint8
-
-
-# ---------------------------------------------------------------- sources
-
-
-def skimage_sources() -> list[Source]:
-    """scikit-image's bundled photographs, each its own group."""
-    import skimage.data as sd
-
-    out = []
-    for name in SKIMAGE_COLOUR + SKIMAGE_GREY:
-        img = sd.stereo_motorcycle()[0] if name == "motorcycle" else getattr(sd, name)()
-        out.append(Source(name, name, f"skimage.data.{name}", _as_rgb(img)))
-    return out
-
-
-def fetch_apt_images(cache: Path) -> Path:
-    """Download and unpack the Debian image packages into ``cache``; return the unpacked root.
-
-    Raises ``RuntimeError`` with the failing command when apt is not usable.
-    """
-    root = cache / "root"
-    if (cache / ".unpacked").exists():
-        return root
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise RuntimeError("apt-get/dpkg-deb not found: extra photographs need a Debian/Ubuntu host")
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    cmd = ["apt-get", "download", *APT_PACKAGES]
-    res = subprocess.run(cmd, cwd=debs, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed (try `apt-get update`): {res.stderr.strip()[-500:]}")
-    for deb in sorted(debs.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    (cache / ".unpacked").touch()
-    return root
-
-
-def apt_sources(root: Path) -> list[Source]:
-    """Colour photographs from the unpacked ``opencv-doc`` examples and the KDE wallpapers."""
-    from PIL import Image
-
-    out = []
-    for path in sorted((root / "usr/share/doc/opencv-doc/examples").rglob("*")):
-        if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-            continue
-        with Image.open(path) as im:
-            if im.mode != "RGB" or min(im.size) < 2 * CROP:  # masks, logos, diagrams, glyphs
-                continue
-            pixels = np.asarray(im)
-        stem = path.stem
-        out.append(Source(f"opencv/{path.parent.name}/{stem}", f"opencv/{_group_key(stem)}",
-                          "apt:opencv-doc", pixels))
-    for wall in sorted((root / "usr/share/wallpapers").glob("*/contents/images")):
-        biggest = max(wall.iterdir(), key=lambda p: p.stat().st_size)
-        with Image.open(biggest) as im:
-            pixels = np.asarray(im.convert("RGB"))
-        name = f"wallpaper/{wall.parent.parent.name}"
-        out.append(Source(name, name, "apt:plasma-workspace-wallpapers", pixels))
-    return out
-
-
-def _group_key(stem: str) -> str:
-    """Near-duplicates share a key: ``aloeL``/``aloeR``, ``graf1``/``graf3``, ``left``/``right``."""
-    key = re.sub(r"(\d+|[LRAB])$", "", stem)
-    key = re.sub(r"_(modified|original)$", "", key).rstrip("_")
-    return {"right": "left", "": "numbered"}.get(key, key)
-
-
-def _as_rgb(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)  # (H, W, 3)
+    @property
+    def wide(self) -> int:
+        """Side of a stored training crop."""
+        return CROP + 2 * self.context
 
 
 def downscale(pixels: np.ndarray, max_side: int) -> np.ndarray:
@@ -166,17 +111,29 @@ def downscale(pixels: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.LANCZOS))
 
 
-# ---------------------------------------------------------------- splitting and cutting
+# ---------------------------------------------------------------- splitting
 
 
 def split_groups(groups: list[str], test_fraction: float, seed: int) -> set[str]:
     """The held-out test groups: a seeded hash order, ``ceil(fraction * n)`` of them, at least 1."""
+    return {g for g, s in assign_splits(groups, test_fraction, 0.0, seed).items() if s == "test"}
+
+
+def assign_splits(groups: list[str], test_fraction: float, val_fraction: float, seed: int) -> dict[str, str]:
+    """``group -> train | val | test``: in a seeded hash order, the first ``ceil(test_fraction * n)``
+    groups (at least 1) are test, the next ``ceil(val_fraction * n)`` val, the rest train."""
     uniq = sorted(set(groups))
     order = sorted(uniq, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
     n_test = max(1, int(np.ceil(test_fraction * len(uniq))))
-    if n_test >= len(uniq):
-        raise ValueError(f"need at least 2 source groups to split train/test, got {len(uniq)}")
-    return set(order[:n_test])
+    n_val = int(np.ceil(val_fraction * len(uniq)))
+    if n_test + n_val >= len(uniq):
+        raise ValueError(f"need at least {n_test + n_val + 1} source groups to split train/val/test, "
+                         f"got {len(uniq)}" if n_val else
+                         f"need at least 2 source groups to split train/test, got {len(uniq)}")
+    return {g: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, g in enumerate(order)}
+
+
+# ---------------------------------------------------------------- cutting
 
 
 def random_crops(pixels: np.ndarray, n: int, rng: np.random.Generator, min_std: float,
@@ -197,6 +154,42 @@ def random_crops(pixels: np.ndarray, n: int, rng: np.random.Generator, min_std: 
                 break
         crops[i], corners[i] = crop, (y, x)
     return crops, corners
+
+
+def wide_crops(pixels: np.ndarray, n: int, cfg: CropSetConfig, rng: np.random.Generator) -> np.ndarray:
+    """``n`` training crops ``(n, wide, wide, 3)`` uint8: with probability ``scale_prob`` a window of
+    ``wide * s`` pixels (s log-uniform in [1, max_scale]) resized to ``wide``, else ``wide`` as is.
+    A crop whose central 64x64 is flatter than ``min_std`` is re-drawn (up to 20 times)."""
+    from PIL import Image
+
+    h, w = pixels.shape[:2]
+    side, c = cfg.wide, cfg.context
+    out = np.empty((n, side, side, 3), np.uint8)
+    for i in range(n):
+        for _ in range(20):
+            s = float(np.exp(rng.uniform(0, np.log(cfg.max_scale)))) if rng.random() < cfg.scale_prob else 1.0
+            win = min(round(side * s), h, w)
+            y, x = int(rng.integers(0, h - win + 1)), int(rng.integers(0, w - win + 1))
+            crop = pixels[y:y + win, x:x + win]
+            if win != side:
+                crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.LANCZOS))
+            if crop[c:c + CROP, c:c + CROP].std() / 255.0 >= cfg.min_std:
+                break
+        out[i] = crop
+    return out
+
+
+def shift_pairs(pixels: np.ndarray, n: int, shift: int, rng: np.random.Generator,
+                min_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs of 64x64 crops of one scene, the second moved ``shift`` pixels left, right, up
+    or down. Returns two ``(n, 64, 64, 3)`` uint8 arrays."""
+    a, corners = random_crops(pixels, n, rng, min_std, margin=max(SHIFTS))
+    steps = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)]) * shift
+    b = np.empty_like(a)
+    for i, (y, x) in enumerate(corners):
+        dy, dx = steps[rng.integers(4)]
+        b[i] = pixels[y + dy:y + dy + CROP, x + dx:x + dx + CROP]
+    return a, b
 
 
 def make_view(pixels: np.ndarray, corner: tuple[int, int], kind: str,
@@ -232,35 +225,85 @@ def make_view(pixels: np.ndarray, corner: tuple[int, int], kind: str,
 # ---------------------------------------------------------------- the crop set
 
 
+def source_splits(sources: list[Source], cfg: CropSetConfig) -> list[str]:
+    """The split of each source: ``heldout`` for the held-out origin, else by its group."""
+    rest = [s.group for s in sources if s.origin != cfg.heldout_origin]
+    by_group = assign_splits(rest, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    return ["heldout" if s.origin == cfg.heldout_origin else by_group[s.group] for s in sources]
+
+
 def build_crop_set(sources: list[Source], cfg: CropSetConfig) -> tuple[dict, dict]:
-    """Cut crops and view pairs; return ``(arrays, manifest)`` ready for :func:`save_crop_set`."""
+    """Dedupe, split and cut; return ``(arrays, manifest)`` ready for :func:`save_crop_set`."""
     rng = np.random.default_rng(cfg.seed)
-    test_groups = split_groups([s.group for s in sources], cfg.test_fraction, cfg.seed)
-    parts = {"train": ([], []), "test": ([], [])}
-    rows, test_pix = [], []
-    for idx, src in enumerate(sources):
+    sources, dropped = (dedupe(sources, cfg.dedupe_share, cfg.heldout_origin) if cfg.dedupe_share >= 0
+                        else (sources, []))
+    splits = source_splits(sources, cfg)
+    parts: dict[str, tuple[list, list]] = {k: ([], []) for k in ("train",) + EVAL_SPLITS}
+    rows, pix = [], {k: [] for k in EVAL_SPLITS}
+    for idx, (src, split) in enumerate(zip(sources, splits)):
         pixels = downscale(src.pixels, cfg.max_side)
-        split = "test" if src.group in test_groups else "train"
-        crops, _ = random_crops(pixels, cfg.crops_per_source, rng, cfg.min_std)
+        if split == "train":
+            crops = wide_crops(pixels, cfg.crops_per_source, cfg, rng)
+        else:
+            crops = random_crops(pixels, cfg.crops_per_source, rng, cfg.min_std)[0]
+            pix[split].append((idx, pixels))
         parts[split][0].append(crops)
         parts[split][1].append(np.full(len(crops), idx, np.int32))
-        if split == "test":
-            test_pix.append((idx, pixels))
         rows.append({"name": src.name, "group": src.group, "origin": src.origin, "split": split,
                      "height": pixels.shape[0], "width": pixels.shape[1], "crops": len(crops)})
-    arrays = {f"{k}_{n}": np.concatenate(v[i]) for k, v in parts.items()
-              for i, n in enumerate(("crops", "source"))}
-    arrays.update(_view_pairs(test_pix, cfg, rng))
-    manifest = {"config": dataclasses.asdict(cfg), "crop": CROP, "sources": rows,
-                "test_groups": sorted(test_groups), "view_kinds": list(VIEW_KINDS),
-                "counts": {k: int(len(arrays[f"{k}_crops"])) for k in ("train", "test")}}
+    shapes = {"train": (cfg.wide, cfg.wide, 3)}
+    arrays = {}
+    for k, (crops, idx) in parts.items():
+        name = "train_wide" if k == "train" else f"{k}_crops"
+        arrays[name] = np.concatenate(crops) if crops else np.empty((0, *shapes.get(k, (CROP, CROP, 3))), np.uint8)
+        arrays[f"{k}_source"] = np.concatenate(idx) if idx else np.empty(0, np.int32)
+        if k in EVAL_SPLITS:
+            arrays.update(_shift_set(k, pix[k], cfg, rng))
+    arrays.update(_view_pairs(pix["test"], cfg, rng))
+    add_derived(arrays, cfg.context)
+    manifest = {"config": dataclasses.asdict(cfg), "crop": CROP, "sources": rows, "duplicates": dropped,
+                "test_groups": sorted({s.group for s, k in zip(sources, splits) if k == "test"}),
+                "val_groups": sorted({s.group for s, k in zip(sources, splits) if k == "val"}),
+                "view_kinds": list(VIEW_KINDS), "shifts": list(SHIFTS),
+                "counts": {k: int(len(arrays[f"{k}_source"])) for k in parts},
+                "by_origin": counts_by_origin(rows)}
     return arrays, manifest
+
+
+def counts_by_origin(rows: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """``origin -> split -> [photographs, crops]`` from the manifest's source rows."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        cell = out.setdefault(r["origin"].split(".")[0] if r["origin"].startswith("skimage") else r["origin"],
+                              {}).setdefault(r["split"], [0, 0])
+        cell[0] += 1
+        cell[1] += r["crops"]
+    return out
+
+
+def add_derived(arrays: dict, context: int) -> None:
+    """``train_crops``: the central 64x64 of every stored training crop (a view, no copy)."""
+    c = context
+    arrays["train_crops"] = arrays["train_wide"][:, c:c + CROP, c:c + CROP]
+
+
+def _shift_set(split: str, pix: list[tuple[int, np.ndarray]], cfg: CropSetConfig,
+               rng: np.random.Generator) -> dict:
+    a, b, px, srcs = [], [], [], []
+    for shift in SHIFTS:
+        for i in range(cfg.shift_pairs if pix else 0):
+            idx, pixels = pix[i % len(pix)]
+            pa, pb = shift_pairs(pixels, 1, shift, rng, cfg.min_std)
+            a.append(pa[0]), b.append(pb[0]), px.append(shift), srcs.append(idx)
+    empty = np.empty((0, CROP, CROP, 3), np.uint8)
+    return {f"{split}_shift_a": np.stack(a) if a else empty, f"{split}_shift_b": np.stack(b) if b else empty,
+            f"{split}_shift_px": np.asarray(px, np.int16), f"{split}_shift_source": np.asarray(srcs, np.int32)}
 
 
 def _view_pairs(test_pix: list[tuple[int, np.ndarray]], cfg: CropSetConfig,
                 rng: np.random.Generator) -> dict:
     a, b, kinds, srcs = [], [], [], []
-    for i in range(cfg.view_pairs):
+    for i in range(cfg.view_pairs if test_pix else 0):
         idx, pixels = test_pix[i % len(test_pix)]
         crop, corner = random_crops(pixels, 1, rng, cfg.min_std, margin=4)
         k = i % len(VIEW_KINDS)
@@ -275,27 +318,21 @@ def _view_pairs(test_pix: list[tuple[int, np.ndarray]], cfg: CropSetConfig,
 
 def save_crop_set(out: Path, arrays: dict, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "crops.npz", **arrays)
+    np.savez_compressed(out / "crops.npz", **{k: v for k, v in arrays.items() if k not in DERIVED})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def load_crop_set(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays (``train_crops``, ``test_crops``, ``views_a``, ...) and the manifest of a crop set."""
+    """Arrays (``train_wide``, ``train_crops``, ``test_crops``, ``heldout_shift_a``, ...) and the
+    manifest of a crop set."""
     path = Path(path)
     if not (path / "crops.npz").exists():
         raise FileNotFoundError(f"no crop set at {path}: build one with `tinycompress vae data --out {path}`")
+    manifest = json.loads((path / "manifest.json").read_text())
+    if "train_wide" not in np.load(path / "crops.npz").files:
+        raise ValueError(f"{path} is a crop set of an older layout (no train_wide): rebuild it with "
+                         f"`tinycompress vae data --out {path}`")
     with np.load(path / "crops.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads((path / "manifest.json").read_text())
-
-
-def gather_sources(use_apt: bool, cache: Path) -> list[Source]:
-    """scikit-image photographs, plus the apt packages' when ``use_apt`` (warns and falls back)."""
-    sources = skimage_sources()
-    if use_apt:
-        try:
-            sources += apt_sources(fetch_apt_images(cache))
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
-            warnings.warn(f"extra photographs unavailable ({err}); using scikit-image's alone",
-                          stacklevel=2)
-    return sources
+    add_derived(arrays, manifest["config"]["context"])
+    return arrays, manifest

@@ -9,7 +9,13 @@ Follows:
   channels is a full 3x3 conv: a depthwise conv over 3 channels sees too little;
 - Rybkin, Daniilidis & Levine, "Simple and Effective VAE Training with Calibrated
   Decoders" (sigma-VAE, 2021), as an option: the decoder variance is each crop's own MSE;
-- Wu & He, "Group Normalization" (2018): GroupNorm, so a batch of one behaves like any other.
+- Wu & He, "Group Normalization" (2018): GroupNorm, so a batch of one behaves like any other;
+- Wang et al., "Image Quality Assessment: From Error Visibility to Structural Similarity"
+  (SSIM, 2004), as an optional perceptual term of the reconstruction;
+- a shift-consistency term in the spirit of Chen et al., "A Simple Framework for Contrastive
+  Learning" (SimCLR, 2020), without negatives: the latents of two overlapping crops of one
+  scene should point the same way (cosine of batch-centred means, so a shared offset cannot
+  fake agreement).
 
 Encoder: 3 -> 16 -> 32 -> 64 channels, stride 2 each (64 -> 32 -> 16 -> 8 pixels), then
 linear heads to mu and log sigma^2. The decoder mirrors it with transposed convs and ends in
@@ -42,6 +48,12 @@ class VAEConfig:
     """Weight of the KL term (beta-VAE); 0 makes a plain autoencoder."""
     ssim_weight: float = 0.0
     """Weight of an extra (1 - SSIM) term, scaled by the pixel count like the squared error."""
+    shift_weight: float = 0.0
+    """Weight of the shift-consistency term (1 - cosine of the batch-centred latents of two
+    shifted views), scaled by the pixel count like the squared error; 0 = off."""
+    upsample: str = "nearest"
+    """Upsampling in the decoder's shortcut path: ``nearest`` or ``bilinear`` (smooth
+    gradients without the 8x8 block pattern nearest upsampling leaves on flat crops)."""
     recon: str = "sse"
     """Reconstruction term: ``sse`` (summed squared error, a Gaussian decoder of fixed
     variance) or ``sigma_vae`` (a Gaussian decoder whose variance is the crop's own MSE,
@@ -62,8 +74,11 @@ class VAEConfig:
                              f"{self.latent_dim}, {self.extra_blocks}")
         if self.recon not in ("sse", "sigma_vae"):
             raise ValueError(f"recon must be 'sse' or 'sigma_vae', got {self.recon!r}")
-        if self.beta < 0 or self.ssim_weight < 0:
-            raise ValueError(f"beta and ssim_weight must be >= 0, got {self.beta}, {self.ssim_weight}")
+        if self.beta < 0 or self.ssim_weight < 0 or self.shift_weight < 0:
+            raise ValueError(f"beta, ssim_weight and shift_weight must be >= 0, got {self.beta}, "
+                             f"{self.ssim_weight}, {self.shift_weight}")
+        if self.upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {self.upsample!r}")
 
     @property
     def map_size(self) -> int:
@@ -99,7 +114,8 @@ class SepBlock(nn.Module):
             convs = [nn.Conv2d(c_in, c_in, 3, 2 if mode == "down" else 1, 1, groups=c_in, bias=False),
                      nn.Conv2d(c_in, c_out, 1)]
         self.branch = nn.Sequential(nn.GroupNorm(cfg.groups, c_in), nn.ReLU(), *convs)
-        resample = {"same": nn.Identity(), "down": nn.AvgPool2d(2), "up": nn.Upsample(scale_factor=2)}[mode]
+        up = nn.Upsample(scale_factor=2, mode=cfg.upsample)
+        resample = {"same": nn.Identity(), "down": nn.AvgPool2d(2), "up": up}[mode]
         proj = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
         self.shortcut = nn.Sequential(resample, proj)
 
@@ -177,13 +193,25 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def vae_loss(cfg: VAEConfig, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
-             logvar: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-crop sums averaged over the batch: squared error + beta * KL (+ SSIM term).
+def shift_disagreement(mu_a: torch.Tensor, mu_b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine of the batch-centred latents of two views, per pair: (B, Z), (B, Z) -> (B,).
 
-    ``x``, ``recon``: (B, 3, H, W) in [0, 1]; ``mu``, ``logvar``: (B, Z).
+    Centring on the batch mean of both views means a constant offset shared by every latent
+    cannot raise the agreement; only what tells one scene from another counts.
+    """
+    centre = 0.5 * (mu_a.mean(0) + mu_b.mean(0))  # (Z,)
+    return 1.0 - nn.functional.cosine_similarity(mu_a - centre, mu_b - centre, dim=1)
+
+
+def vae_loss(cfg: VAEConfig, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor,
+             logvar: torch.Tensor, mu_shifted: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-crop sums averaged over the batch: reconstruction + beta * KL (+ SSIM, + shift terms).
+
+    ``x``, ``recon``: (B, 3, H, W) in [0, 1]; ``mu``, ``logvar``: (B, Z); ``mu_shifted``:
+    (B, Z), the latent of a shifted view of each crop (needed when ``shift_weight > 0``).
     Returns ``loss`` (what is minimised), ``recon`` (summed squared error per crop),
-    ``kl`` (nats per crop) and ``mse`` (per pixel value).
+    ``kl`` (nats per crop), ``mse`` (per pixel value) and, with the shift term, ``shift_cos``
+    (the mean centred cosine of the two views).
     """
     sq = (recon - x).pow(2).flatten(1).sum(1)  # (B,)
     kl = kl_per_dim(mu, logvar).sum(1)  # (B,)
@@ -197,5 +225,11 @@ def vae_loss(cfg: VAEConfig, x: torch.Tensor, recon: torch.Tensor, mu: torch.Ten
 
         s = ssim(recon, x, data_range=1.0, size_average=False)  # (B,)
         loss = loss + cfg.ssim_weight * cfg.input_dim * (1.0 - s)
-    return {"loss": loss.mean(), "recon": sq.mean(), "kl": kl.mean(),
-            "mse": sq.mean() / cfg.input_dim}
+    out = {"recon": sq.mean(), "kl": kl.mean(), "mse": sq.mean() / cfg.input_dim}
+    if cfg.shift_weight > 0:
+        if mu_shifted is None:
+            raise ValueError("shift_weight > 0 needs mu_shifted, the latents of shifted views")
+        dis = shift_disagreement(mu, mu_shifted)  # (B,)
+        loss = loss + cfg.shift_weight * cfg.input_dim * dis
+        out["shift_cos"] = 1.0 - dis.mean()
+    return {"loss": loss.mean(), **out}

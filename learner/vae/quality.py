@@ -130,6 +130,36 @@ def cross_view(encoder, a: torch.Tensor, b: torch.Tensor, kinds: np.ndarray, kin
     return {"same": same, "different": diff, "auc": auc(same, diff), "same_by_kind": per_kind}
 
 
+def different_scene(sources: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each pair i, a random partner j from another source photograph (another scene);
+    a derangement when every pair comes from one source. ``sources``: (N,) -> (N,) indices."""
+    n = len(sources)
+    out = derangement(n, rng)
+    for i in range(n):
+        others = np.flatnonzero(sources != sources[i])
+        if len(others):
+            out[i] = others[rng.integers(len(others))]
+    return out
+
+
+@torch.no_grad()
+def shift_agreement(encode, a: torch.Tensor, b: torch.Tensor, shifts: np.ndarray, sources: np.ndarray,
+                    seed: int = 0) -> dict[int, dict]:
+    """Per shift: cosine of the codes of two crops of one scene ``shift`` pixels apart (``a[i]``,
+    ``b[i]``) against that of crops of different scenes (``a[i]``, ``b[j]``, another source), and
+    the AUC of the two. ``encode``: (N, 3, H, W) -> (N, Z) codes; ``shifts``, ``sources``: (N,)."""
+    za, zb = encode(a), encode(b)  # (N, Z)
+    same = cosine(za, zb)
+    diff = cosine(za, zb[different_scene(sources, np.random.default_rng(seed))])
+    out = {}
+    for s in np.unique(shifts):
+        m = shifts == s
+        out[int(s)] = {"pairs": int(m.sum()), "same_mean": float(same[m].mean()),
+                       "same_p05": float(np.percentile(same[m], 5)),
+                       "different_mean": float(diff[m].mean()), "auc": auc(same[m], diff[m])}
+    return out
+
+
 def describe(v: np.ndarray) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std()), "p05": float(np.percentile(v, 5)),
             "median": float(np.median(v)), "p95": float(np.percentile(v, 95))}

@@ -1,8 +1,10 @@
 """One side-by-side evaluation run of a TinyVAE checkpoint on a crop set.
 
-Everything in the issue's table is measured on the same test crops in one call of
-:func:`evaluate`: TinyVAE (fp32, int8 encoder, VQ dictionary) against PCA-64 and JPEG q=1,
-trust scores, cross-view agreement, and the picture grid.
+Everything in the docs' tables is measured in one call of :func:`evaluate`, on the same crops
+of each evaluated split (the held-out source, the per-group test split, or val for choosing
+settings): TinyVAE against PCA-64 and JPEG q=1, the share of crops where it beats PCA, shift
+agreement; and on test the int8 encoder, the VQ dictionary, trust scores and cross-view
+agreement, and the picture grid.
 """
 
 from __future__ import annotations
@@ -32,46 +34,106 @@ def load_quantizer(ckpt: Path, config: dict) -> VectorQuantizer | None:
 
 def _row(name: str, recon: torch.Tensor, x: torch.Tensor, bytes_per_crop: float) -> tuple[dict, np.ndarray, np.ndarray]:
     p, s = ev.psnr_ssim(recon, x)
-    return ev.summary(p, s, method=name, bytes_per_crop=bytes_per_crop), p, s
+    return ev.summary(p, s, method=name, bytes_per_crop=bytes_per_crop,
+                      share_ssim_above_085=float((s > 0.85).mean())), p, s
 
 
-def evaluate(ckpt: Path, arrays: dict, max_test: int = 0, grid: Path | None = None,
-             seed: int = 0, log=print) -> dict:
-    """Measure a checkpoint on a crop set's test split; return the report (JSON-ready)."""
+def evaluate(ckpt: Path, arrays: dict, splits=("heldout", "test"), max_test: int = 0,
+             grid: Path | None = None, seed: int = 0, extras: bool = True, baseline: Path | None = None,
+             pca_fit_max: int = 20000, log=print) -> dict:
+    """Measure a checkpoint on each of a crop set's evaluated ``splits``; return the report.
+
+    Per split: TinyVAE, PCA-64 (fitted on at most ``pca_fit_max`` evenly spaced training crops)
+    and JPEG q=1 side by side, the share of crops where TinyVAE beats PCA, and agreement under
+    shifts of 2-16 pixels; ``baseline`` adds another checkpoint's row. With ``extras``: the VQ
+    and int8 costs, trust and the cross-view views (on ``test``), and the picture grid (on the
+    first split).
+    """
     model, config = load_checkpoint(ckpt)
-    tr_crops, te_crops = arrays["train_crops"], arrays["test_crops"]
-    if max_test:
-        te_crops = te_crops[np.linspace(0, len(te_crops) - 1, min(max_test, len(te_crops))).astype(int)]
-    x, xtr = to_tensor(te_crops), to_tensor(tr_crops)  # (N, 3, H, W)
-    z = model.cfg.latent_dim
-    rows, per_crop = [], {}
+    tr = arrays["train_crops"]
+    xtr = to_tensor(tr[np.linspace(0, len(tr) - 1, min(pca_fit_max, len(tr))).astype(int)])  # (N, 3, H, W)
+    pca = ev.PCA(xtr, model.cfg.latent_dim, seed)
+    base = load_checkpoint(baseline)[0] if baseline is not None else None
+    report = {"checkpoint": str(ckpt), "model_version": config.get("version"), "n_train": len(tr),
+              "pca_fit_crops": len(xtr), "baseline": str(baseline) if baseline else None, "splits": {}}
+    splits = [k for k in splits if len(arrays.get(f"{k}_crops", ()))]
+    for k in splits:
+        log(f"-- {k}")
+        report["splits"][k], recons = _split_report(model, pca, base, arrays, k, max_test, seed, log)
+        if grid is not None and k == splits[0]:
+            idx = _grid_index(len(recons["x"]))
+            save_grid(Path(grid), recons["x"][idx], recons["vae"], recons["pca"], recons["jpeg"], idx)
+            report["grid"] = {"path": str(grid), "split": k}
+    if extras and "test" in splits:
+        x = to_tensor(_subset(arrays["test_crops"], max_test))
+        report["vq"] = _vq_costs(model, config, ckpt, x, xtr, _adder(x, report["splits"]["test"]["table"], log), seed)
+        mu = ev.reconstruct(model, x)[1]
+        report["int8"] = _int8_costs(model, ckpt, x, mu, _adder(x, report["splits"]["test"]["table"], log))
+        psnr = ev.psnr_ssim(ev.reconstruct(model, x)[0], x)[0]
+        report["trust"] = _trust(model, config, x, psnr)
+        report["cross_view"] = _cross_view(model, arrays, seed)
+    return report
 
+
+def _subset(a: np.ndarray, max_n: int) -> np.ndarray:
+    return a[np.linspace(0, len(a) - 1, min(max_n, len(a))).astype(int)] if max_n else a
+
+
+def _adder(x, rows, log):
     def add(name, recon, nbytes):
-        row, p, s = _row(name, recon, x, nbytes)
+        row, _, _ = _row(name, recon, x, nbytes)
         rows.append(row)
-        per_crop[name] = (p, s)
         log(f"{name:<28} PSNR {row['psnr_mean']:.2f} dB  SSIM {row['ssim_mean']:.4f}  {nbytes:.0f} B")
         return recon
+    return add
+
+
+def _split_report(model, pca, base, arrays, split, max_test, seed, log) -> tuple[dict, dict]:
+    crops = _subset(arrays[f"{split}_crops"], max_test)
+    x, z = to_tensor(crops), model.cfg.latent_dim  # (N, 3, H, W)
+    rows, per_crop = [], {}
+
+    def add(key, name, recon, nbytes):
+        row, p, s = _row(name, recon, x, nbytes)
+        rows.append(row)
+        per_crop[key] = (p, s)
+        log(f"{name:<28} PSNR {row['psnr_mean']:.2f} dB (median {row['psnr_median']:.2f})  SSIM "
+            f"{row['ssim_mean']:.4f}  >0.85: {row['share_ssim_above_085']:.3f}  {nbytes:.0f} B")
 
     vae_rec, mu = ev.reconstruct(model, x)
-    add("TinyVAE (fp32 latent)", vae_rec, 4 * z)
-    add("TinyVAE (fp16 latent)", model.decode(mu.half().float()).detach(), 2 * z)
-    pca = ev.PCA(xtr, z, seed)
-    pca_rec = add(f"PCA-{z} (fp32 coefficients)", pca.reconstruct(x), 4 * z)
-    jpg, sizes = ev.jpeg_roundtrip(te_crops, quality=1)
-    add("JPEG quality 1", jpg, float(sizes.mean()))
-    report = {"checkpoint": str(ckpt), "model_version": config.get("version"),
-              "n_train": len(tr_crops), "n_test": len(te_crops)}
-    report["vq"] = _vq_costs(model, config, ckpt, x, xtr, add, seed)
-    report["int8"] = _int8_costs(model, ckpt, x, mu, add)
-    report["table"] = rows
-    report["per_source"] = _per_source(arrays, max_test, per_crop, len(te_crops))
-    report["trust"] = _trust(model, config, x, per_crop["TinyVAE (fp32 latent)"][0])
-    report["cross_view"] = _cross_view(model, arrays, seed)
-    if grid is not None:
-        save_grid(Path(grid), x[_grid_index(len(x))], vae_rec, pca_rec, jpg, _grid_index(len(x)))
-        report["grid"] = str(grid)
-    return report
+    add("vae", "TinyVAE (fp32 latent)", vae_rec, 4 * z)
+    add("vae16", "TinyVAE (fp16 latent)", model.decode(mu.half().float()).detach(), 2 * z)
+    if base is not None:
+        add("baseline", "TinyVAE baseline checkpoint", ev.reconstruct(base, x)[0], 4 * base.cfg.latent_dim)
+    pca_rec = pca.reconstruct(x)
+    add("pca", f"PCA-{z} (fp32 coefficients)", pca_rec, 4 * z)
+    jpg, sizes = ev.jpeg_roundtrip(crops, quality=1)
+    add("jpeg", "JPEG quality 1", jpg, float(sizes.mean()))
+    (pv, sv), (pp, sp) = per_crop["vae"], per_crop["pca"]
+    out = {"n": len(x), "table": rows,
+           "beats_pca": {"psnr": float((pv > pp).mean()), "ssim": float((sv > sp).mean()),
+                         "psnr_gain_mean_db": float((pv - pp).mean()), "ssim_gain_mean": float((sv - sp).mean())},
+           "shift": _shift(model, pca, base, arrays, split, seed),
+           "per_source": _per_source(_subset(arrays[f"{split}_source"], max_test), per_crop)}
+    log(f"TinyVAE beats PCA on {out['beats_pca']['psnr']:.3f} of crops (PSNR), "
+        f"{out['beats_pca']['ssim']:.3f} (SSIM)")
+    for name, by_shift in out["shift"].items():
+        log(f"shift cosine {name}: " + ", ".join(f"{s}px {v['same_mean']:.3f} (AUC {v['auc']:.3f})"
+                                                  for s, v in by_shift.items()))
+    return out, {"x": x, "vae": vae_rec, "pca": pca_rec, "jpeg": jpg}
+
+
+def _shift(model, pca, base, arrays, split, seed) -> dict:
+    """Cosine of codes for crops of one scene 2-16 px apart vs different scenes, per code."""
+    a = arrays.get(f"{split}_shift_a")
+    if a is None or len(a) < 2:
+        return {}
+    a, b = to_tensor(a), to_tensor(arrays[f"{split}_shift_b"])
+    px, src = arrays[f"{split}_shift_px"], arrays[f"{split}_shift_source"]
+    codes = {"TinyVAE": lambda x: model.encode(x)[0], "PCA": pca.encode}
+    if base is not None:
+        codes["TinyVAE baseline"] = lambda x: base.encode(x)[0]
+    return {name: ev.shift_agreement(f, a, b, px, src, seed) for name, f in codes.items()}
 
 
 def _vq_costs(model, config, ckpt, x, xtr, add, seed) -> dict:
@@ -113,13 +175,10 @@ def _int8_costs(model, ckpt, x, mu, add) -> dict:
     return out
 
 
-def _per_source(arrays, max_test, per_crop, n) -> dict:
-    src = arrays["test_source"]
-    if max_test:
-        src = src[np.linspace(0, len(src) - 1, n).astype(int)]
-    return {name: {int(s): [float(p[src == s].mean()), float(q[src == s].mean())] for s in np.unique(src)}
-            for name, (p, q) in per_crop.items() if not name.startswith("TinyVAE (")
-            or name == "TinyVAE (fp32 latent)"}
+def _per_source(src: np.ndarray, per_crop: dict) -> dict:
+    """Mean PSNR and SSIM per source photograph, per method."""
+    return {name: {int(k): [float(p[src == k].mean()), float(q[src == k].mean())] for k in np.unique(src)}
+            for name, (p, q) in per_crop.items() if name != "vae16"}
 
 
 def _trust(model, config, x, psnr) -> dict:

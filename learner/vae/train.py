@@ -3,7 +3,13 @@
 The loop reads like CleanRL: sample a batch -> loss -> update -> log, one short function
 each. A checkpoint is a folder: ``model.safetensors`` (weights), ``config.json`` (the
 ``VAEConfig``, the ``VAETrainConfig``, the trust calibration and the model version) and
-``log.jsonl`` (one line per logged step).
+``log.jsonl`` (one line per logged step). While training, ``train_state.pt`` (weights,
+optimizer, step, RNG, log) is written every ``save_every`` steps, and a run started again
+with the same ``--out`` resumes from it.
+
+Batches are cut from the stored 80x80 training crops: two 64x64 views of each crop at random
+offsets (up to 16 pixels apart; the second is used by the shift-consistency term only), a
+random horizontal flip and a colour jitter shared by both views.
 """
 
 from __future__ import annotations
@@ -43,8 +49,13 @@ class VAETrainConfig:
     log_every: int = 100
     """Steps between log lines."""
     time_limit_s: float = 0.0
-    """Stop after this many seconds of training (0 = no limit); the learning-rate schedule
-    then follows wall time, so a time-limited run still ends with a decayed rate."""
+    """Stop after this many CPU seconds of training, this process's own (0 = no limit); the
+    learning-rate schedule then follows them, so a time-limited run still ends with a decayed
+    rate. CPU time, not wall time: a paused (SIGSTOP) or crowded run gets the same compute."""
+    jitter: float = 0.1
+    """Colour jitter: brightness +-jitter, contrast and saturation x[1 - 2 jitter, 1 + 2 jitter]."""
+    save_every: int = 500
+    """Steps between resumable training states (``train_state.pt``)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -53,6 +64,9 @@ class VAETrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.warmup < 0 or self.log_every < 1 or self.threads < 1 or self.time_limit_s < 0:
             raise ValueError("warmup and time_limit_s must be >= 0; log_every and threads >= 1")
+        if not 0 <= self.jitter < 0.5 or self.save_every < 1:
+            raise ValueError(f"jitter must be in [0, 0.5) and save_every >= 1, got {self.jitter}, "
+                             f"{self.save_every}")
 
 
 def to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -73,29 +87,56 @@ def lr_at(tcfg: VAETrainConfig, step: int, frac: float) -> float:
     return tcfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def sample_batch(data: torch.Tensor, tcfg: VAETrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """A random batch (B, 3, H, W) with random horizontal flips."""
-    idx = torch.randint(len(data), (tcfg.batch_size,), generator=gen)
-    x = data[idx]
-    flip = torch.rand(len(x), generator=gen) < 0.5
+def sample_views(data: torch.Tensor, tcfg: VAETrainConfig, gen: torch.Generator,
+                 size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views (B, 3, size, size) in [0, 1] of a random batch of stored crops ``data``
+    (N, 3, W, W) uint8: each at its own random offset, one flip and one colour jitter per crop."""
+    b, room = tcfg.batch_size, data.shape[-1] - size
+    x = data[torch.randint(len(data), (b,), generator=gen)].float().div_(255.0)  # (B, 3, W, W)
+    flip = torch.rand(b, generator=gen) < 0.5
     x[flip] = x[flip].flip(-1)
-    return x
+    x = jitter(x, tcfg.jitter, gen)
+    views = []
+    for _ in range(2):
+        off = torch.randint(room + 1, (b, 2), generator=gen)
+        views.append(torch.stack([x[i, :, y:y + size, x0:x0 + size] for i, (y, x0) in enumerate(off.tolist())]))
+    return views[0], views[1]
 
 
-def train_step(model: TinyVAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, float]:
-    """One update on batch ``x`` (B, 3, H, W); returns the loss terms before the update."""
+def jitter(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness +-amount, contrast and saturation x[1 - 2 amount, 1 + 2 amount], per crop.
+
+    ``x``: (B, 3, H, W) in [0, 1] -> the same shape, clipped to [0, 1].
+    """
+    if amount == 0:
+        return x
+    b = len(x)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, 1, 1, 1, generator=gen)  # noqa: E731
+    grey = x.mean(1, keepdim=True)  # (B, 1, H, W)
+    x = grey + u(1 - 2 * amount, 1 + 2 * amount) * (x - grey)  # saturation
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = mean + u(1 - 2 * amount, 1 + 2 * amount) * (x - mean) + u(-amount, amount)  # contrast, brightness
+    return x.clamp_(0.0, 1.0)
+
+
+def train_step(model: TinyVAE, opt: torch.optim.Optimizer, x: torch.Tensor,
+               x_shifted: torch.Tensor | None = None) -> dict[str, float]:
+    """One update on batch ``x`` (B, 3, H, W), with ``x_shifted`` (shifted views of the same
+    crops) when the shift term is on; returns the loss terms before the update."""
     model.train()
     recon, mu, logvar = model(x)
-    terms = vae_loss(model.cfg, x, recon, mu, logvar)
+    mu_b = model.encode(x_shifted)[0] if model.cfg.shift_weight > 0 else None
+    terms = vae_loss(model.cfg, x, recon, mu, logvar, mu_b)
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
     opt.step()
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_crops: np.ndarray, log=print,
-          init: Path | None = None) -> tuple[TinyVAE, list[dict]]:
-    """Train a TinyVAE on uint8 crops (N, H, W, 3), fresh or from checkpoint ``init``."""
+def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_wide: np.ndarray, log=print,
+          init: Path | None = None, out: Path | None = None) -> tuple[TinyVAE, list[dict]]:
+    """Train a TinyVAE on stored uint8 crops (N, W, W, 3), W >= 64, fresh or from checkpoint
+    ``init``; with ``out``, save a resumable state there and resume from one found there."""
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
@@ -103,22 +144,47 @@ def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_crops: np.ndarray, log=pri
     if init is not None:
         model.load_state_dict(load_checkpoint(init)[0].state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    data = to_tensor(train_crops)  # (N, 3, H, W)
-    rows, start = [], time.perf_counter()
-    for step in range(tcfg.steps):
-        frac = progress(tcfg, step, time.perf_counter() - start)
+    data = torch.from_numpy(np.ascontiguousarray(train_wide)).permute(0, 3, 1, 2)  # (N, 3, W, W) uint8
+    first, used, rows = _resume(out, model, opt, gen, log)
+    start = time.process_time() - used
+    for step in range(first, tcfg.steps):
+        frac = progress(tcfg, step, time.process_time() - start)
         for group in opt.param_groups:
             group["lr"] = lr_at(tcfg, step, frac)
-        terms = train_step(model, opt, sample_batch(data, tcfg, gen))
+        terms = train_step(model, opt, *sample_views(data, tcfg, gen, cfg.image_size))
         last = step == tcfg.steps - 1 or frac >= 1.0
         if step % tcfg.log_every == 0 or last:
-            rows.append({"step": step, "lr": group["lr"], "elapsed_s": round(time.perf_counter() - start, 1),
+            rows.append({"step": step, "lr": group["lr"], "cpu_s": round(time.process_time() - start, 1),
                          **terms})
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
+        if out is not None and (step + 1) % tcfg.save_every == 0 and not last:
+            _save_state(out, model, opt, gen, step + 1, time.process_time() - start, rows)
         if last:
             break
     model.eval()
     return model, rows
+
+
+def _save_state(out: Path, model, opt, gen, step: int, used: float, rows: list[dict]) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tmp = Path(out) / "train_state.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "step": step, "cpu_s": used, "rows": rows}, tmp)
+    tmp.replace(Path(out) / "train_state.pt")
+
+
+def _resume(out: Path | None, model, opt, gen, log) -> tuple[int, float, list[dict]]:
+    """(first step, CPU seconds already spent, log rows) from ``out/train_state.pt`` if any."""
+    path = Path(out) / "train_state.pt" if out is not None else None
+    if path is None or not path.exists():
+        return 0, 0.0, []
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"resumed from {path} at step {state['step']} ({state['cpu_s']:.0f} CPU s)")
+    return state["step"], state["cpu_s"], state["rows"]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -185,4 +251,5 @@ def finish_checkpoint(out: Path, model: TinyVAE, tcfg: VAETrainConfig, vq_cfg, t
     save_checkpoint(out, model, tcfg, extra, rows)
     save_file({"codebook": vq.codebook.detach().contiguous()}, str(Path(out) / "vq.safetensors"))
     export_int8(model.encoder, Path(out) / "encoder_int8.safetensors")
+    (Path(out) / "train_state.pt").unlink(missing_ok=True)  # finished: nothing to resume
     return Path(out)
