@@ -26,6 +26,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_COMPRESSOR = ASSETS / "compressor_10m_grpo"  # GRPO from the warm start, compressor_10m
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,12 @@ class CompressorConfig:
     threads: int = 1
     """torch threads of the replica (intra-op): one per replica on a small, shared CPU."""
     int8: bool = False
-    """Decode with int8 projection weights and dynamically quantized activations
-    (``serve.decode.Linear``): faster prefill on a CPU, the same greedy program on most intents
-    (docs/SERVE.md measures both)."""
+    """Decode with int8 projection weights and dynamically quantized activations: faster on a
+    CPU, the same greedy program on most intents (docs/SERVE.md measures both)."""
+    runtime: str = "torch"
+    """``torch`` (:class:`serve.decode.StaticDecoder`, plain torch ops) or ``onnx`` (the same
+    forward pass exported once and run by ONNX Runtime, :mod:`serve.onnx_decode`: one call per
+    step instead of one torch op per layer, the GIL released while it computes)."""
     shortest_form: bool = True
     """Also consider each valid candidate's shortest equivalent form (``rollout.rewrite``:
     default context and output root left out, ``R*`` for full sets), kept only if the
@@ -61,6 +65,8 @@ class CompressorConfig:
             raise ValueError(f"max_candidates must be in 1..16, got {self.max_candidates}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.cache_size < 0 or self.threads < 1 or self.max_new_tokens < 1:
             raise ValueError("cache_size must be >= 0, threads and max_new_tokens >= 1")
 
@@ -131,11 +137,19 @@ class Compressor:
         torch.set_num_threads(self.cfg.threads)
         path = Path(self.cfg.checkpoint)
         self.model, self.tok, self.meta = load_policy(path, device="cpu")
-        self.decoder = StaticDecoder(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens, int8=self.cfg.int8)
+        if self.cfg.runtime == "onnx":
+            from serve.onnx_decode import OnnxDecoder
+
+            self.decoder = OnnxDecoder(self.model, self.tok, path / "model.safetensors",
+                                       max_new_tokens=self.cfg.max_new_tokens, int8=self.cfg.int8,
+                                       threads=self.cfg.threads)
+        else:
+            self.decoder = StaticDecoder(self.model, self.tok, max_new_tokens=self.cfg.max_new_tokens,
+                                         int8=self.cfg.int8)
         self.tools = ProgramTools(path)
         self.validator, self.count, self.baseline = self.tools.validator, self.tools.count, self.tools.baseline
         self._cache: OrderedDict[tuple[str, int], Compression] = OrderedDict()
-        self.version = {"name": path.name, "policy": self.meta.get("policy", {}).get("name"),
+        self.version = {"name": path.name, "runtime": self.cfg.runtime, "int8": self.cfg.int8, "policy": self.meta.get("policy", {}).get("name"),
                         "params": self.meta.get("params"), "stage": self.meta.get("stage"),
                         "step": self.meta.get("step"), "weights_sha256": file_digest(path / "model.safetensors"),
                         "codebook_version": self.validator.cb.version}

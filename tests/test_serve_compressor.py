@@ -94,6 +94,86 @@ def test_int8_decoder_mostly_keeps_the_greedy_programs(policy, examples):
     assert sum(a == b for a, b in zip(fp32, int8)) >= len(intents) - 2  # the measured rate: docs/SERVE.md
 
 
+# ------------------------------------------------------------------ the ONNX Runtime decoder
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+def test_onnx_decoder_logits_and_programs_equal_the_torch_decoder(policy, examples, onnx_cache):
+    import numpy as np
+    import torch
+
+    from serve.compressor import DEFAULT_COMPRESSOR
+    from serve.decode import Row, StaticDecoder
+    from serve.onnx_decode import OnnxDecoder
+
+    model, tok = policy
+    intents = [i for i, _ in examples]
+    onnx = OnnxDecoder(model, tok, DEFAULT_COMPRESSOR / "model.safetensors", cache_folder=onnx_cache)
+    ref = StaticDecoder(model, tok)
+    captured = {}
+    real_run = onnx._run
+
+    def spy(*args):
+        out = real_run(*args)
+        captured.setdefault("logits", out[0])
+        return out
+
+    onnx._run = spy
+    rows = [Row(i) for i in range(len(intents))]
+    assert onnx.generate(intents, rows) == ref.generate(intents, rows)  # left padding, rows of different lengths
+    ref_logits = {}
+    real_forward = ref._forward
+
+    def ref_spy(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        ref_logits.setdefault("logits", out)  # the prefill's
+        return out
+
+    ref._forward = ref_spy
+    ref.generate(intents, rows)
+    ref._forward = real_forward
+    assert np.allclose(captured["logits"], ref_logits["logits"].numpy(), atol=1e-3)
+    # candidates: a prompt's cache copied to its rows; sampled rows follow their own generator
+    sampled = [Row(0), Row(0, torch.Generator().manual_seed(5)), Row(1, torch.Generator().manual_seed(6))]
+    again = [Row(0), Row(0, torch.Generator().manual_seed(5)), Row(1, torch.Generator().manual_seed(6))]
+    a = onnx.generate(intents[:2], sampled, temperature=1.0)
+    assert a == ref.generate(intents[:2], again, temperature=1.0)
+    assert a[0] == ref.generate(intents[:1], [Row(0)])[0]
+
+
+def test_onnx_export_is_cached_by_weights_and_int8_keeps_the_programs(policy, examples, onnx_cache):
+    from serve.compressor import DEFAULT_COMPRESSOR
+    from serve.decode import Row
+    from serve.onnx_decode import OnnxDecoder
+
+    model, tok = policy
+    weights = DEFAULT_COMPRESSOR / "model.safetensors"
+    first = OnnxDecoder(model, tok, weights, int8=True, cache_folder=onnx_cache)
+    stamp = first.path.stat().st_mtime_ns
+    second = OnnxDecoder(model, tok, weights, int8=True, cache_folder=onnx_cache)
+    assert second.path == first.path and second.path.stat().st_mtime_ns == stamp, "exported once"
+    assert "int8" in first.path.name and first.path.stat().st_size < 0.5 * (weights.stat().st_size * 2)
+    intents = [i for i, _ in examples]
+    rows = [Row(i) for i in range(len(intents))]
+    fp32 = OnnxDecoder(model, tok, weights, cache_folder=onnx_cache).generate(intents, rows)
+    assert sum(a == b for a, b in zip(fp32, first.generate(intents, rows))) >= len(intents) - 1
+
+
+def test_compressor_answers_the_same_on_either_runtime(examples):
+    intents = [i for i, _ in examples[:6]]
+    torch_rt = Compressor(CompressorConfig(cache_size=0, runtime="torch"))
+    onnx_rt = Compressor(CompressorConfig(cache_size=0, runtime="onnx"))
+    for a, b in zip(torch_rt.compress(intents, k=3), onnx_rt.compress(intents, k=3)):
+        assert (a.program, a.valid, a.confidence, a.faithful) == (b.program, b.valid, b.confidence, b.faithful)
+    assert onnx_rt.version["runtime"] == "onnx"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        CompressorConfig(runtime="tensorrt")
+
+
 def test_sampled_candidates_depend_on_their_intent_only(examples):
     comp = Compressor(CompressorConfig(cache_size=0, temperature=1.0))
     intents = [i for i, _ in examples]
