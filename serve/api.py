@@ -45,13 +45,13 @@ def _compressor_routes(app: FastAPI, service) -> None:
 
     @app.post("/compress", summary="Compress one intent into a validated IR program",
               response_model=None, responses=web.answers(out.Compression, *MODEL))
-    async def compress(body: CompressRequest) -> dict:
-        return (await service.compress([body.intent], body.max_candidates))[0]
+    async def compress(body: CompressRequest) -> Response:
+        return web.json_response((await service.compress([body.intent], body.max_candidates))[0])
 
     @app.post("/compress/batch", summary="Compress up to 32 intents (batched on the model)",
               response_model=None, responses=web.answers(out.CompressBatch, *MODEL))
-    async def compress_batch(body: CompressBatchRequest) -> dict:
-        return {"results": await service.compress(body.intents, body.max_candidates)}
+    async def compress_batch(body: CompressBatchRequest) -> Response:
+        return web.json_response({"results": await service.compress(body.intents, body.max_candidates)})
 
     @app.post("/expand", summary="Expand a program into its JobSpec (422 when it is invalid)",
               response_model=None, responses=web.answers(out.Expansion, *JSON_BODY))

@@ -33,6 +33,7 @@ from ray import serve
 from serve import web
 from serve.compressor import CompressorConfig
 from serve.encoder import EncoderConfig
+from serve.front import FrontConfig
 
 # the replica sleeps instead of spinning idle OpenMP threads on a shared CPU (docs/VAE.md)
 MODEL_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}}
@@ -40,9 +41,9 @@ MODEL_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}}
 # the event loop should not wait the default 5 ms for it at every step of every request (the
 # replica still shares one GIL between the two: docs/BENCHMARKS.md, serving, second run)
 GIL_SWITCH_S = 0.0005
-BATCHING = {"compressor": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002},
+BATCHING = {"compressor": {"max_batch_size": 16, "batch_wait_timeout_s": 0.0},
             "encoder": {"max_batch_size": 32, "batch_wait_timeout_s": 0.001}}
-APP_ARGS = ("compressor", "encoder", "limits", "timeout_s")
+APP_ARGS = ("compressor", "encoder", "limits", "timeout_s", "front")
 
 
 @serve.deployment(name="TinyCompress", ray_actor_options={"num_cpus": 1, "runtime_env": MODEL_ENV},
@@ -154,12 +155,13 @@ def compose(args: dict | None = None, options: dict[str, dict] | None = None):
     return Service.options(**options.get(Service.name, {})).bind(comp, enc, lim, float(args.get("timeout_s", 30.0)))
 
 
-SECTIONS = {"compressor": CompressorConfig, "encoder": EncoderConfig, "limits": web.Guards}
+SECTIONS = {"compressor": CompressorConfig, "encoder": EncoderConfig, "limits": web.Guards, "front": FrontConfig}
 
 
 def check_args(args: dict) -> tuple[dict, dict, dict]:
-    """The compressor, encoder and limits sections of the app args, each checked by its config
-    class; a ValueError naming the key for anything unknown or out of range."""
+    """The compressor, encoder and limits sections of the app args, every section checked by its
+    config class (``front`` is read by ``tinycompress serve``, not the replica); a ValueError
+    naming the key for anything unknown or out of range."""
     unknown = set(args) - set(APP_ARGS)
     if unknown:
         raise ValueError(f"unknown app arg {sorted(unknown)[0]}; the app takes {', '.join(APP_ARGS)}")
@@ -178,4 +180,4 @@ def check_args(args: dict) -> tuple[dict, dict, dict]:
         except ValueError as exc:  # an unknown key (named), or a value the section refuses
             raise ValueError(str(exc) if str(exc).startswith("unknown key") else f"{name}: {exc}") from None
         out.append(dict(given))
-    return out[0], out[1], out[2]
+    return out[0], out[1], out[2]  # the front's section is the CLI's

@@ -7,6 +7,7 @@ Reads the deployment settings (replicas, autoscaling, queues, batching) from
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -62,38 +63,72 @@ def app_config(config: str | Path = CONFIG, compressor: str | None = None, encod
     return {**cfg, "args": args}
 
 
+FRONTS = ("haproxy", "python")
+_running: dict = {}  # the front and its keeper while the service runs
+
+
 def start(compressor: str | None = None, encoder: str | None = None, host: str | None = None,
           port: int | None = None, config: str | Path = CONFIG, num_cpus: int | None = None,
-          overrides: tuple[str, ...] = ()) -> str:
+          overrides: tuple[str, ...] = (), front: str = "haproxy") -> str:
     """Start Ray (if needed) and the app; return its base URL. ``stop()`` undoes it. ``host`` and
-    ``port`` default to the config file's ``http_options``."""
+    ``port`` default to the config file's ``http_options``. ``front``: ``haproxy`` (HAProxy on the
+    public port before the replicas' own HTTP servers, :mod:`serve.front`) or ``python`` (Serve's
+    own proxy on it)."""
     import ray
     from ray import serve
 
     from cluster.runtime import init_ray
     from serve.app import compose
 
+    if front not in FRONTS:
+        raise ValueError(f"front must be one of {', '.join(FRONTS)}, got {front!r}")
     cfg = app_config(config, compressor, encoder, overrides)
     args = cfg["args"]
+    if front == "haproxy":  # read when Ray starts its processes (docs/SERVE.md, "The front")
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # each replica serves HTTP on a port of its own
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")  # user code on the replica's own loop
     if not ray.is_initialized():
         init_ray(num_cpus, log_to_driver=False)
     host, port = host or cfg["http"].get("host", "127.0.0.1"), port or cfg["http"].get("port", 8000)
-    http = {**cfg["http"], "host": host, "port": port}
-    serve.start(http_options=http)
+    serve_port = free_port(host) if front == "haproxy" else port
+    serve.start(http_options={**cfg["http"], "host": host, "port": serve_port})
     serve.run(compose(args, cfg["options"]), name=APP_NAME, route_prefix="/", blocking=False)
+    if front == "haproxy":
+        from serve.front import Front, FrontConfig, FrontKeeper
+        from serve.web import Guards
+
+        door = Front(host, port, Guards(**(args.get("limits") or {})), float(args.get("timeout_s", 30.0)),
+                     FrontConfig(**(args.get("front") or {})))
+        keeper = FrontKeeper(door, APP_NAME, loopback=host in ("127.0.0.1", "localhost", "::1"))
+        keeper.sync()
+        door.wait_routed()
+        keeper.start()
+        _running.update(front=door, keeper=keeper)
     return f"http://{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def stop() -> None:
     import ray
     from ray import serve
 
+    if _running:
+        _running.pop("keeper").stop()
+        _running.pop("front").stop()
     serve.shutdown()
     ray.shutdown()
 
 
 def _serve(args: argparse.Namespace) -> int:
-    url = start(args.compressor, args.encoder, args.host, args.port, args.config, args.num_cpus, tuple(args.set))
+    url = start(args.compressor, args.encoder, args.host, args.port, args.config, args.num_cpus, tuple(args.set),
+                args.front)
     print(f"[serve] listening on {url} (OpenAPI at {url}/docs); Ctrl-C stops", file=sys.stderr, flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,6 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=port_number, default=None, help="default: the config file's http_options.port (8000)")
     p.add_argument("--config", default=str(CONFIG), help="Serve config file with the deployment settings")
     p.add_argument("--num-cpus", type=count(1), default=None, help="CPUs of the embedded Ray instance (default: all)")
+    p.add_argument("--front", choices=FRONTS, default="haproxy",
+                   help="what listens on the port: HAProxy before the replicas' own HTTP servers (default; "
+                        "sheds load and slow clients in C) or Serve's Python proxy")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an app setting of the config, e.g. compressor.max_candidates=4, "
                         "limits.compressor_queue=32, timeout_s=10 (repeatable)")

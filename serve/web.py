@@ -29,7 +29,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
@@ -234,6 +234,13 @@ class JsonRoute(APIRoute):
             return await handler(_JsonRequest(request.scope, request.receive))
 
         return guarded
+
+
+def json_response(body: dict | list) -> Response:
+    """A 200 JSON answer of plain JSON values, written by ``json.dumps`` (FastAPI would first walk
+    the whole body through ``jsonable_encoder``: milliseconds for a compressor answer)."""
+    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
+                    media_type="application/json")
 
 
 def _error(status: int, reason: str, errors: list | None = None, retry: bool = False) -> JSONResponse:

@@ -196,8 +196,14 @@ def ray_local():
     started four sessions, and CI saw the interpreter segfault at exit after every test had
     passed. Tests that need a Ray of another shape (several nodes) run it in a subprocess.
     """
+    import os
+
     import ray
 
+    # as `tinycompress serve` runs Serve: each ingress replica also serves HTTP on a port of its
+    # own (for the HAProxy front, tests/test_http_load.py), user code on the replica's own loop
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False)
     yield
