@@ -77,8 +77,8 @@ def summarize(results: list[dict], settings: dict) -> dict:
     budget = defaultdict(set)  # (task, seed) -> {(steps, tokens)}: one element when every arm trained alike
     for c in results:
         budget[(c["task"], c["seed"])].add((c["steps"], c["tokens"]))
-    complete = all(set(by.get(k, {})) >= set(settings["seeds"]) for k in expected)
-    return {"settings": settings, "complete": complete, "n_cells": len(results),
+    missing = sorted(f"{t}/{a}/{r}/seed{s}" for t, a, r in expected for s in settings["seeds"] if s not in by.get((t, a, r), {}))
+    return {"settings": settings, "complete": not missing, "n_cells": len(results), "missing": missing,
             "equal_budget": all(len(v) == 1 for v in budget.values()),
             "budget": {f"{t}/seed{s}": sorted(v) for (t, s), v in sorted(budget.items())},
             "cpu_s": round(sum(c["cpu_s"] for c in results), 1), "cells": cells, "paired": tests}
@@ -98,22 +98,24 @@ def table_markdown(summary: dict) -> str:
         rows = [c for c in summary["cells"] if c["task"] == task]
         if not rows:
             continue
-        head = ["arm", "ratio", "d_enc", "embedding params (trainable)", "total params", "reconstruction error",
+        head = ["arm", "ratio", "d_enc", "seeds", "embedding params (trainable)", "total params", "reconstruction error",
                 *(LABELS[m] + ", mean [95% CI]" for m in metrics), "picked steps"]
         lines += [f"**{task}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for c in rows:
             p = c["params"]
             rec = _fmt(c["rel_error"], False) if "rel_error" in c else "—"
-            lines.append(f"| {c['arm']} | {c['ratio']}:1 | {c['d_enc']} | {p['embedding']:,} ({p['embedding_trainable']:,}) "
+            lines.append(f"| {c['arm']} | {c['ratio']}:1 | {c['d_enc']} | {len(c['seeds'])} "
+                         f"| {p['embedding']:,} ({p['embedding_trainable']:,}) "
                          f"| {p['total']:,} | {rec} | " + " | ".join(_fmt(c[m], m == "val_pass_rate") for m in metrics)
                          + f" | {', '.join(map(str, c['picked_steps']))} |")
         lines.append("")
     lines += ["**paired tests** (a − b over seeds; p: two-sided paired t-test)", "",
-              "| task | metric | ratio | a − b | mean diff [95% CI] | p |", "|---|---|---|---|---|---|"]
+              "| task | metric | ratio | a − b | seeds | mean diff [95% CI] | p |", "|---|---|---|---|---|---|---|"]
     for t in summary["paired"]:
         ci = "" if t["ci95"] is None else " [" + ", ".join(f"{v:.4f}" for v in t["ci95"]) + "]"
         p = f"{t['p']:.3f}" if t["p"] is not None else f"— ({t['why_no_test']})"
-        lines.append(f"| {t['task']} | {t['metric']} | {t['ratio']}:1 | {t['a']} − {t['b']} | {t['mean_diff']:.4f}{ci} | {p} |")
+        lines.append(f"| {t['task']} | {t['metric']} | {t['ratio']}:1 | {t['a']} − {t['b']} | {t['n']} "
+                     f"| {t['mean_diff']:.4f}{ci} | {p} |")
     return "\n".join(lines) + "\n"
 
 
