@@ -187,16 +187,26 @@ def train(model, task: Task, seed: int, s: StudySettings, label: str) -> dict:
             "wall_s": round(time.perf_counter() - wall0, 1)}
 
 
+PRIORITY = ((1, 8), (4, 16))
+"""Ratios run first, every seed: the 1:1 control and the claim's 8:1, then 4:1 and 16:1, then
+the rest; so a stopped study holds every seed of the ratios that matter most."""
+
+
 def cells(s: StudySettings):
-    """(task, arm, ratio, seed) in run order: seed by seed, so a partial study is whole seeds."""
+    """(task, arm, ratio, seed) in run order: ratio groups by :data:`PRIORITY`, and within a
+    group seed by seed, each task's reference before its arms."""
     from learner.encoding import ARMS
 
-    for seed in s.seeds:
-        for task in TASKS:
-            yield task, "reference", 1, seed
-            for arm in ARMS:
-                for ratio in s.ratios:
-                    yield task, arm, ratio, seed
+    groups = [[r for r in s.ratios if r in g] for g in PRIORITY]
+    groups.append([r for r in s.ratios if not any(r in g for g in PRIORITY)])
+    for n, group in enumerate(g for g in groups if g):
+        for seed in s.seeds:
+            for task in TASKS:
+                if n == 0:
+                    yield task, "reference", 1, seed
+                for arm in ARMS:
+                    for ratio in group:
+                        yield task, arm, ratio, seed
 
 
 def key(cell: dict | tuple) -> str:
