@@ -1,16 +1,20 @@
 """HTTP benchmark of the Serve app: latency of each hop, /compress and /encode latency and
-throughput, batching, batched against unbatched in the same run.
+throughput, batching, batched against unbatched, and the two fronts, in the same run.
 
-Starts one embedded Ray instance with the app twice: ``/`` as in serve/config.yaml
-(``@serve.batch`` up to 16 intents / 32 crops) and ``/nobatch`` with ``max_batch_size: 1``.
-Each round drives both variants in turn (interleaved) with an asyncio httpx client keeping 1 or
-32 requests in flight; the first round is a warm-up and is dropped; each figure is the median
-over the remaining rounds. Every non-200 answer or transport error counts as an error.
-Intents are distinct (the answer cache never hits) except in the ``cached`` row.
+Starts one embedded Ray instance as ``tinycompress serve`` does (direct ingress: each replica
+serves HTTP on its own port) with the app twice: ``/`` as in serve/config.yaml (``@serve.batch``
+up to 16 intents / 32 crops) and ``/nobatch`` with ``max_batch_size: 1``, each behind its own
+HAProxy front (serve/front.py); Serve's Python proxy serves both too. Each round drives the
+variants in turn (interleaved) with an asyncio httpx client keeping 1 or 32 requests in flight:
+``batched`` and ``no batch`` through their fronts, ``serve proxy`` the batched app through
+Serve's proxy; the first round is a warm-up and is dropped; each figure is the median over the
+remaining rounds. Every non-200 answer or transport error counts as an error. Intents are
+distinct (the answer cache never hits) except in the ``cached`` row.
 
-Hops, at one client: ``/healthz`` (proxy -> replica -> proxy, no model), ``/expand`` (plus the
-validator), ``/compress`` of a cached intent (plus the batch queue and worker thread),
-``/compress`` (plus the decode; ``model ms`` is the replica's own time for the batch).
+Hops, at one client, through the front: ``/healthz`` (answered by HAProxy), ``/readyz``
+(HAProxy -> replica, no model), ``/expand`` (plus the validator), ``/compress`` of a cached
+intent (plus the batch queue and worker thread), ``/compress`` (plus the decode; ``model ms`` is
+the replica's own time for the batch).
 
     python benchmarks/bench_serve.py --out docs/bench/serve.json
 """
@@ -35,7 +39,7 @@ import numpy as np  # noqa: E402
 
 NO_BATCH = {"compressor": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
             "encoder": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}
-VARIANTS = (("batched", ""), ("no batch", "/nobatch"))
+APPS = {"batched": "/", "nobatch": "/nobatch"}
 
 
 def free_port() -> int:
@@ -109,28 +113,54 @@ async def load(base: str, method: str, path: str, bodies: list[dict], concurrenc
     return row
 
 
-def start(num_cpus: int, apps: dict[str, bool]) -> str:
-    """Ray, Serve and the app of serve/config.yaml under each route prefix of ``apps`` (True:
-    batched as configured, False: ``max_batch_size: 1``); the base URL once all are ready."""
+FRONTS: list = []  # the HAProxy fronts started here (stop_all stops them)
+
+
+def start(num_cpus: int, apps: dict[str, str]) -> dict[str, str]:
+    """Ray, Serve and the app of serve/config.yaml as each of ``apps`` (name: route prefix;
+    ``nobatch`` with ``max_batch_size: 1``), each behind an HAProxy front as ``tinycompress serve``
+    runs it. Base URLs once all are ready: ``{name}`` through its front, ``{name} via serve proxy``
+    through Serve's proxy."""
     import ray
     from ray import serve
 
     from serve.app import compose
     from serve.cli import load_config
+    from serve.front import Front, FrontConfig, FrontKeeper
+    from serve.web import Guards
 
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # as serve.cli.start does
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()
     cfg = load_config()
     serve.start(http_options={**cfg["http"], "host": "127.0.0.1", "port": port, "request_timeout_s": 120})
-    for prefix, batched in apps.items():
-        options = cfg["options"] if batched else {
-            name: {**opts, "user_config": NO_BATCH} for name, opts in cfg["options"].items()}
-        serve.run(compose(cfg["args"], options), name=prefix.strip("/") or "batched", route_prefix=prefix or "/",
-                  blocking=False)
-    base = f"http://127.0.0.1:{port}"
-    for prefix in apps:
-        wait_ready(base + prefix)
-    return base
+    bases = {}
+    for name, prefix in apps.items():
+        options = cfg["options"] if name != "nobatch" else {
+            dep: {**opts, "user_config": NO_BATCH} for dep, opts in cfg["options"].items()}
+        serve.run(compose(cfg["args"], options), name=name, route_prefix=prefix, blocking=False)
+        bases[f"{name} via serve proxy"] = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
+        wait_ready(bases[f"{name} via serve proxy"])
+        args = cfg["args"]
+        door = Front("127.0.0.1", free_port(), Guards(**args.get("limits", {})), float(args.get("timeout_s", 30)),
+                     FrontConfig(**args.get("front", {})), route_prefix=prefix)
+        FrontKeeper(door, name, loopback=True).sync()
+        door.wait_routed()
+        FRONTS.append(door)
+        bases[name] = f"http://127.0.0.1:{door.port}"
+        wait_ready(bases[name])
+    return bases
+
+
+def stop_all() -> None:
+    import ray
+    from ray import serve
+
+    while FRONTS:
+        FRONTS.pop().stop()
+    serve.shutdown()
+    ray.shutdown()
 
 
 def wait_ready(url: str, seconds: float = 300) -> None:
@@ -164,21 +194,27 @@ class Bodies:
                 for i in range(n)]
 
 
-async def one_round(base: str, bodies: Bodies, args) -> list[dict]:
+VARIANTS = (("batched", "batched"), ("no batch", "nobatch"), ("serve proxy", "batched via serve proxy"))
+
+
+async def one_round(bases: dict[str, str], bodies: Bodies, args) -> list[dict]:
     rows = []
-    for variant, prefix in VARIANTS:
+    for variant, app in VARIANTS:
+        base = bases[app]
         cases = [("POST", "/compress", bodies.compress(args.c1), 1),
                  ("POST", "/compress", bodies.compress(args.c32), 32),
                  ("POST", "/encode", bodies.encode(args.c1 * 4), 1),
                  ("POST", "/encode", bodies.encode(args.c32 * 4), 32)]
         for method, path, batch, c in cases:
-            rows.append({"variant": variant, **await load(base, method, prefix + path, batch, c)})
+            rows.append({"variant": variant, **await load(base, method, path, batch, c)})
+    base = bases["batched"]
     hops = [("GET", "/healthz", [{}] * args.c1),
+            ("GET", "/readyz", [{}] * args.c1),
             ("POST", "/expand", [{"json": {"program": "C3?&I5:audit>nightly"}}] * args.c1),
             ("POST", "/compress", [{"json": {"intent": bodies.texts[0]}}] * args.c1),  # cached after the 1st
             ("POST", "/compress", bodies.compress(args.c1, max_candidates=4))]
-    for (method, path, batch), name in zip(hops, ("hop: no model", "hop: validator", "hop: cached answer",
-                                                  "4 candidates")):
+    for (method, path, batch), name in zip(hops, ("hop: answered by the front", "hop: replica, no model",
+                                                  "hop: validator", "hop: cached answer", "4 candidates")):
         rows.append({"variant": name, **await load(base, method, path, batch, 1)})
     return rows
 
@@ -207,12 +243,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict]) -> dict:
-    """Batched over unbatched, for each (endpoint, clients): throughput and p50."""
-    by = {(r["variant"], r["path"].removeprefix("/nobatch"), r["concurrency"]): r for r in rows}
+def ratios(rows: list[dict], against: str) -> dict:
+    """Batched over ``against``, for each (endpoint, clients): throughput and p50."""
+    by = {(r["variant"], r["path"], r["concurrency"]): r for r in rows}
     out = {}
     for (variant, path, c), r in by.items():
-        other = by.get(("no batch", path, c))
+        other = by.get((against, path, c))
         if variant == "batched" and other:
             out[f"{path} c={c}"] = {"throughput": round(r["throughput_rps"] / other["throughput_rps"], 2),
                                     "p50": round(r["p50_ms"] / other["p50_ms"], 2)}
@@ -228,23 +264,21 @@ def main() -> int:
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args()
     load_before = os.getloadavg()
-    base = start(args.num_cpus, {prefix: variant == "batched" for variant, prefix in VARIANTS})
-    bodies = Bodies((args.rounds + 1) * 2 * (args.c1 + args.c32) + (args.rounds + 1) * args.c1 + 8)
+    bases = start(args.num_cpus, APPS)
+    bodies = Bodies((args.rounds + 1) * len(VARIANTS) * (args.c1 + args.c32) + (args.rounds + 1) * args.c1 + 8)
     try:
-        rounds = [asyncio.run(one_round(base, bodies, args)) for _ in range(args.rounds + 1)][1:]
+        rounds = [asyncio.run(one_round(bases, bodies, args)) for _ in range(args.rounds + 1)][1:]
     finally:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+        stop_all()
     rows = median_rows(rounds)
     report = {"command": "python " + " ".join(sys.argv), "machine": f"{os.cpu_count()} logical CPUs, "
               f"{platform.machine()}, Python {platform.python_version()}",
               "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-              "rounds": args.rounds, "rows": rows, "batched_over_unbatched": ratios(rows)}
+              "rounds": args.rounds, "rows": rows, "batched_over_unbatched": ratios(rows, "no batch"),
+              "front_over_serve_proxy": ratios(rows, "serve proxy")}
     print(table(rows))
     print("batched / unbatched:", json.dumps(report["batched_over_unbatched"]))
+    print("front / serve proxy:", json.dumps(report["front_over_serve_proxy"]))
     print(f"load average (1 min) before/after: {report['loadavg_1m_before_after']}")
     save(report, args.out)
     return 0

@@ -47,6 +47,11 @@ def main() -> int:
     sampler = Sampler(model, tok, max_new_tokens=96, temperature=0.7)
     decoder = StaticDecoder(model, tok, max_new_tokens=96)
     decoder8 = StaticDecoder(model, tok, max_new_tokens=96, int8=True)
+    from serve.compressor import DEFAULT_COMPRESSOR
+    from serve.onnx_decode import OnnxDecoder
+
+    onnx8 = OnnxDecoder(model, tok, DEFAULT_COMPRESSOR / "model.safetensors", max_new_tokens=96, int8=True)
+    served = Compressor(CompressorConfig(cache_size=0, int8=True, runtime="onnx"))
     pool = intents(args.calls * 16 * (args.rounds + 1) * 8, seed=5)
     at = 0
 
@@ -67,10 +72,17 @@ def main() -> int:
     def ours8(texts: list[str], k: int):
         return decoder8.generate(texts, rows(texts, k), temperature=0.7)
 
+    def onnx(texts: list[str], k: int):
+        return onnx8.generate(texts, rows(texts, k), temperature=0.7)
+
     threads = [int(t) for t in args.threads.split(",")]
     cases = [(name, fn, b, k, t) for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))
-             for name, fn in (("transformers sampler", hf), ("serving decoder", ours), ("serving decoder int8", ours8))]
-    cases += [("Compressor.compress (all of it)", lambda texts, k: comp.compress(texts, k), 1, 1, t) for t in threads]
+             for name, fn in (("transformers sampler", hf), ("serving decoder", ours), ("serving decoder int8", ours8),
+                              ("ONNX Runtime decoder int8", onnx))]
+    cases += [("Compressor.compress (all of it), torch fp32", lambda texts, k: comp.compress(texts, k), 1, 1, t)
+              for t in threads]
+    cases += [("Compressor.compress (all of it), served: ONNX int8", lambda texts, k: served.compress(texts, k), 1, 1,
+               t) for t in threads]
     figures: dict[tuple, list[float]] = {}
     for r in range(args.rounds + 1):
         for name, fn, b, k, t in cases:
@@ -92,11 +104,12 @@ def main() -> int:
     ms = {key: statistics.median(v) for key, v in figures.items()}
     speedups = {f"{other} b={b} k={k} threads={t}": round(ms[("transformers sampler", b, k, t)] /
                                                            ms[(other, b, k, t)], 2)
-                for other in ("serving decoder", "serving decoder int8")
+                for other in ("serving decoder", "serving decoder int8", "ONNX Runtime decoder int8")
                 for t in threads for b, k in ((1, 1), (1, 4), (16, 1), (16, 4))}
     print("sampler / serving decoder:", speedups, "load average:", os.getloadavg())
-    quality = accuracy(comp, decoder, decoder8, args.data, args.accuracy) if args.accuracy else None
-    print("greedy programs, fp32 against int8:", quality)
+    quality = accuracy(comp, {"fp32": decoder, "int8": decoder8, "onnx_int8": onnx8}, args.data,
+                       args.accuracy) if args.accuracy else None
+    print("greedy programs against torch fp32:", quality)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "rows": rows, "speedup": speedups,
@@ -104,9 +117,9 @@ def main() -> int:
     return 0
 
 
-def accuracy(comp, fp32, int8, data: str, limit: int) -> dict:
-    """Greedy programs of both decoders on the first ``limit`` rows of test and held-out: how many
-    are the same, and how many mean the reference (its sha256)."""
+def accuracy(comp, decoders: dict, data: str, limit: int) -> dict:
+    """Greedy programs of each decoder on the first ``limit`` rows of test and held-out: how many
+    are the same as the first decoder's, and how many mean the reference (its sha256)."""
     import pyarrow.parquet as pq
 
     from serve.decode import Row
@@ -114,15 +127,18 @@ def accuracy(comp, fp32, int8, data: str, limit: int) -> dict:
     out = {}
     for split in ("test", "heldout"):
         rows = pq.read_table(f"{data}/{split}.parquet", columns=["intent", "reference_hash"]).to_pylist()[:limit]
-        right, same = {"fp32": 0, "int8": 0}, 0
+        right, same = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0)
         for at in range(0, len(rows), 16):
             chunk = rows[at:at + 16]
             texts = [r["intent"] for r in chunk]
-            a, b = (dec.texts(dec.generate(texts, [Row(i) for i in range(len(texts))])) for dec in (fp32, int8))
-            same += sum(x == y for x, y in zip(a, b))
-            for name, programs in (("fp32", a), ("int8", b)):
-                right[name] += sum(comp.validator.validate(p).hash == r["reference_hash"] for p, r in zip(programs, chunk))
-        out[split] = {"n": len(rows), "same_program": same, "right_fp32": right["fp32"], "right_int8": right["int8"]}
+            programs = {name: dec.texts(dec.generate(texts, [Row(i) for i in range(len(texts))]))
+                        for name, dec in decoders.items()}
+            first = next(iter(programs.values()))
+            for name, got in programs.items():
+                same[name] += sum(x == y for x, y in zip(first, got))
+                right[name] += sum(comp.validator.validate(p).hash == r["reference_hash"] for p, r in zip(got, chunk))
+        out[split] = {"n": len(rows), **{f"same_as_{next(iter(decoders))}_{k}": v for k, v in same.items()},
+                      **{f"right_{k}": v for k, v in right.items()}}
     return out
 
 

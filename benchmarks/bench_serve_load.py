@@ -1,14 +1,16 @@
 """Load-shedding and stalled clients, over real HTTP: how fast excess requests are refused,
 whether health stays answerable, and what stalled connections cost other clients.
 
-One embedded Ray instance, the app as in serve/config.yaml. Clients come from distinct loopback
+One embedded Ray instance, the app as in serve/config.yaml, behind its HAProxy front as
+``tinycompress serve`` runs it (``--front python``: through Serve's own proxy instead). Clients come from distinct loopback
 addresses (127.0.1.x, 127.0.2.x, ...), as distinct machines would, so the per-client cap only
 applies where a case says so. Cases, in order:
 
 1. quiet: one steady client (sequential ``/compress`` of distinct intents, greedy, and
    ``/healthz``) for ``--seconds``: its latency percentiles;
 2. overload: ``--burst`` clients send one ``/compress`` each at the same moment while a prober
-   calls ``/healthz`` every 10 ms: latency of the 429/503 answers and of ``/healthz``;
+   calls ``/healthz`` every 10 ms: latency of the 429/503 answers and of ``/healthz``, each from
+   the moment its bytes were written (raw sockets, connections opened beforehand);
 3. stalled, one address: ``--stalled`` connections from one address send headers and half a
    body, then nothing, while the steady client runs again;
 4. stalled, many addresses: the same from ``--stalled`` distinct addresses.
@@ -28,7 +30,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import intents, quantile, save, start  # noqa: E402
+from bench_serve import intents, quantile, save, start, stop_all  # noqa: E402
 
 
 def address(i: int, block: int) -> str:
@@ -61,37 +63,64 @@ async def steady(base: str, texts: list[str], seconds: float) -> dict:
                                for q, p in (("p50", 0.5), ("p99", 0.99))}}
 
 
+async def read_answer(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 answer (status line, headers, a Content-Length body); its status."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+def post(path: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n\r\n").encode() + data
+
+
 async def overload(base: str, texts: list[str]) -> dict:
-    clients = [client(base, address(i, 1)) for i in range(len(texts))]
+    """Every client's connection is opened first; then each request is written at once and timed
+    from its write to its answer, on raw sockets, so the load client's own Python (an httpx
+    request costs it milliseconds, 400 of them over a second) does not count. A prober sends
+    ``/healthz`` every 10 ms on a kept-alive connection the same way."""
+    host, port = base.removeprefix("http://").split(":")
+    conns = [await asyncio.open_connection(host, int(port), local_addr=(address(i, 1), 0)) for i in range(len(texts))]
     health: list[float] = []
     stop = asyncio.Event()
 
-    async def one(c: httpx.AsyncClient, text: str):
-        t0 = time.perf_counter()
-        try:
-            r = await c.post("/compress", json={"intent": text})
-            key = r.status_code
-        except httpx.HTTPError as exc:
-            key = type(exc).__name__
-        return key, (time.perf_counter() - t0) * 1000
-
     async def probe():
-        async with client(base, "127.0.0.8") as c:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                r = await c.get("/healthz")
-                health.append((time.perf_counter() - t0) * 1000 if r.status_code == 200 else float("inf"))
-                await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.8", 0))
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            writer.write(b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n")
+            status = await read_answer(reader)
+            health.append((time.perf_counter() - t0) * 1000 if status == 200 else float("inf"))
+            await asyncio.sleep(0.01)
+        writer.close()
+
+    async def answer(reader: asyncio.StreamReader, sent: float):
+        try:
+            key = await asyncio.wait_for(read_answer(reader), 120)
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, IndexError) as exc:
+            key = type(exc).__name__
+        return key, (time.perf_counter() - sent) * 1000
 
     prober = asyncio.create_task(probe())
     await asyncio.sleep(0.2)
     t0 = time.perf_counter()
-    answers = await asyncio.gather(*(one(c, t) for c, t in zip(clients, texts)))
+    waits = []
+    for (reader, writer), text in zip(conns, texts):
+        writer.write(post("/compress", {"intent": text}))
+        waits.append(answer(reader, time.perf_counter()))
+    answers = await asyncio.gather(*waits)
     seconds = time.perf_counter() - t0
     stop.set()
     await prober
-    for c in clients:
-        await c.aclose()
+    for _, writer in conns:
+        writer.close()
     by: dict[str, list[float]] = {}
     for key, ms in answers:
         by.setdefault(str(key), []).append(ms)
@@ -152,18 +181,17 @@ def main() -> int:
     p.add_argument("--stalled", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=8.0, help="how long the steady client runs per case")
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--front", choices=("haproxy", "python"), default="haproxy",
+                   help="through the HAProxy front (as tinycompress serve runs) or Serve's own proxy")
     p.add_argument("--out")
     args = p.parse_args()
-    import ray
-    from ray import serve
-
     load_before = os.getloadavg()
-    base = start(args.num_cpus, {"": True})
+    bases = start(args.num_cpus, {"batched": "/"})
+    base = bases["batched"] if args.front == "haproxy" else bases["batched via serve proxy"]
     try:
         report = asyncio.run(run(base, args))
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_all()
     report = {"command": "python " + " ".join(sys.argv),
               "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], **report}
     print(json.dumps(report, indent=2))

@@ -73,9 +73,12 @@ def _error_file(folder: Path, status: int, reason: str, text: str, retry: bool) 
 
 
 def render(targets: list[tuple[str, int]], host: str, port: int, guards: web.Guards, timeout_s: float,
-           front: FrontConfig, folder: Path) -> str:
+           front: FrontConfig, folder: Path, route_prefix: str = "/") -> str:
     """HAProxy's configuration for replicas at ``targets`` ((host, port) of each direct-ingress
-    server), the public ``host:port``, the app's guards and model-call timeout."""
+    server), the public ``host:port``, the app's guards and model-call timeout. A replica's own
+    server answers its app's routes under the app's ``route_prefix``; the front serves them at
+    the root (it adds the prefix)."""
+    prefix = "" if route_prefix in ("", "/") else "/" + route_prefix.strip("/")
     errors = {
         408: _error_file(folder, 408, "Request Timeout",
                          f"the request did not arrive within {guards.body_timeout_s:g} s", False),
@@ -93,9 +96,10 @@ def render(targets: list[tuple[str, int]], host: str, port: int, guards: web.Gua
                          for i, (h, p) in enumerate(targets))
 
     def backend(name: str, conns: int | None) -> str:
-        return (f"backend {name}\n    balance leastconn\n    option httpchk GET /healthz\n"
+        return (f"backend {name}\n    balance leastconn\n    option httpchk GET {prefix}/healthz\n"
                 f"    http-check expect status 200\n{servers(conns)}\n")
 
+    add_prefix = f"\n    http-request set-path {prefix}%[path]" if prefix else ""
     compress = " ".join(COMPRESSOR_PATHS)
     encode = " ".join(ENCODER_PATHS)
     return f"""global
@@ -122,7 +126,7 @@ frontend public
     acl up nbsrv(other) ge 1
     http-request return status 200 content-type application/json string "{{\\"status\\":\\"ok\\"}}" if healthz up
     http-request return status 503 content-type application/json string "{{\\"detail\\":\\"no replica is up\\"}}" hdr Retry-After {RETRY_AFTER_S} if healthz
-    http-request wait-for-body time {guards.body_timeout_s:g}s
+    http-request wait-for-body time {guards.body_timeout_s:g}s{add_prefix}
     use_backend compressor if {{ path_beg {compress} }}
     use_backend encoder if {{ path_beg {encode} }}
     use_backend probes if {{ path /readyz }}
@@ -152,8 +156,9 @@ class Front:
     """One HAProxy process (master-worker) on ``host:port`` before the replicas."""
 
     def __init__(self, host: str, port: int, guards: web.Guards | None = None, timeout_s: float = 30.0,
-                 front: FrontConfig | None = None, folder: str | Path | None = None):
+                 front: FrontConfig | None = None, folder: str | Path | None = None, route_prefix: str = "/"):
         self.host, self.port, self.guards, self.timeout_s = host, port, guards or web.Guards(), timeout_s
+        self.route_prefix = route_prefix
         self.front = front or FrontConfig()
         self.folder = Path(folder or tempfile.mkdtemp(prefix="tinycompress-front-"))
         self.config = self.folder / "haproxy.cfg"
@@ -166,7 +171,7 @@ class Front:
         if self.process is not None and targets == self.targets:
             return
         self.config.write_text(render(targets, self.host, self.port, self.guards, self.timeout_s, self.front,
-                                      self.folder))
+                                      self.folder, self.route_prefix))
         check = subprocess.run([binary(), "-c", "-q", "-f", str(self.config)], capture_output=True, text=True)
         if check.returncode:
             raise RuntimeError(f"HAProxy refused its configuration: {check.stderr.strip() or check.stdout.strip()}")

@@ -14,7 +14,8 @@ Every error is JSON ``{"detail": reason}`` (plus ``errors`` where there are seve
   program for ``/expand``;
 - 429 with ``Retry-After``: a model's queue is full (:class:`Gate`), or one client address has
   ``Guards.max_client_requests`` requests in flight already;
-- 503 with ``Retry-After``: a model did not answer in time.
+- 503 with ``Retry-After``: a model did not answer in time (the HAProxy front, serve/front.py,
+  also answers 503 when a route's slots stay taken for its queue time).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ ERRORS = {
     415: "the content type is not one this endpoint reads",
     422: "the body breaks the schema or a limit (each field named in errors)",
     429: "a queue is full or this client has too many requests in flight; retry after Retry-After",
-    503: "the model did not answer in time (or, for /readyz, a queue is full); retry after Retry-After",
+    503: "the model did not answer in time, the front found no free slot within its queue time, or (for "
+         "/readyz) a queue is full; retry after Retry-After",
 }
 RETRY_HEADER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 

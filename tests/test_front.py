@@ -90,6 +90,13 @@ def test_the_configuration_is_one_haproxy_accepts(tmp_path):
     check = subprocess.run([binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "maxconn 64" in text and "timeout queue 50ms" in text and "option forwardfor" in text
+    assert "set-path" not in text
+    # an app under a route prefix: served at the front's root, the prefix added for the replica
+    prefixed = render([("127.0.0.1", 30000)], "127.0.0.1", 8000, Guards(), 30.0, FrontConfig(), tmp_path, "/nobatch")
+    assert "http-request set-path /nobatch%[path]" in prefixed and "httpchk GET /nobatch/healthz" in prefixed
+    (tmp_path / "haproxy.cfg").write_text(prefixed)
+    check = subprocess.run([binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
     with pytest.raises(ValueError):
         FrontConfig(queue_ms=0)
 
