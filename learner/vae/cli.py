@@ -77,6 +77,7 @@ def register(subparsers) -> None:
     e.add_argument("--core-only", action="store_true",
                    help="only the side-by-side table and shift agreement (no VQ, int8, trust, views)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
     e.add_argument("--smoke", action="store_true", help="at most 64 test crops")
     e.set_defaults(func=_json_out(cmd_eval))
 
@@ -178,14 +179,17 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         need_dir(args.baseline, "--baseline", VAE_CHECKPOINT, "a folder written by `tinycompress vae train`")
     _passive_threads()
     import numpy as np
+    import torch
 
+    torch.set_num_threads(args.threads)
     from learner.vae.report import evaluate, save_cross_view_plot
     from learner.vae.images import load_crop_set
 
     arrays, _ = load_crop_set(args.data)
     grid = args.grid or args.checkpoint / "grid.png"
     report = evaluate(args.checkpoint, arrays, splits=args.splits, max_test=64 if args.smoke else args.max_test,
-                      grid=grid, seed=args.seed, extras=not args.core_only, baseline=args.baseline)
+                      grid=grid, seed=args.seed, extras=not args.core_only, baseline=args.baseline,
+                      pca_cache=None if args.smoke else args.data / "pca_cache.pt")
     cv = report.get("cross_view")
     if cv:
         save_cross_view_plot(args.cross_view_plot or args.checkpoint / "cross_view.png",

@@ -40,19 +40,20 @@ def _row(name: str, recon: torch.Tensor, x: torch.Tensor, bytes_per_crop: float)
 
 def evaluate(ckpt: Path, arrays: dict, splits=("heldout", "test"), max_test: int = 0,
              grid: Path | None = None, seed: int = 0, extras: bool = True, baseline: Path | None = None,
-             pca_fit_max: int = 20000, log=print) -> dict:
+             pca_fit_max: int = 20000, pca_cache: Path | None = None, log=print) -> dict:
     """Measure a checkpoint on each of a crop set's evaluated ``splits``; return the report.
 
     Per split: TinyVAE, PCA-64 (fitted on at most ``pca_fit_max`` evenly spaced training crops)
     and JPEG q=1 side by side, the share of crops where TinyVAE beats PCA, and agreement under
     shifts of 2-16 pixels; ``baseline`` adds another checkpoint's row. With ``extras``: the VQ
     and int8 costs, trust and the cross-view views (on ``test``), and the picture grid (on the
-    first split).
+    first split). ``pca_cache``: a file where the PCA fit is kept and reused (it depends only
+    on the training crops, the latent size and the seed).
     """
     model, config = load_checkpoint(ckpt)
     tr = arrays["train_crops"]
     xtr = to_tensor(tr[np.linspace(0, len(tr) - 1, min(pca_fit_max, len(tr))).astype(int)])  # (N, 3, H, W)
-    pca = ev.PCA(xtr, model.cfg.latent_dim, seed)
+    pca = _pca(xtr, model.cfg.latent_dim, seed, pca_cache)
     base = load_checkpoint(baseline)[0] if baseline is not None else None
     report = {"checkpoint": str(ckpt), "model_version": config.get("version"), "n_train": len(tr),
               "pca_fit_crops": len(xtr), "baseline": str(baseline) if baseline else None, "splits": {}}
@@ -73,6 +74,20 @@ def evaluate(ckpt: Path, arrays: dict, splits=("heldout", "test"), max_test: int
         report["trust"] = _trust(model, config, x, psnr)
         report["cross_view"] = _cross_view(model, arrays, seed)
     return report
+
+
+def _pca(xtr: torch.Tensor, k: int, seed: int, cache: Path | None) -> ev.PCA:
+    key = {"n": len(xtr), "k": k, "seed": seed, "sum": float(xtr[:, :, ::8, ::8].sum())}
+    if cache is not None and Path(cache).exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved["key"] == key:
+            pca = ev.PCA.__new__(ev.PCA)
+            pca.mean, pca.basis = saved["mean"], saved["basis"]
+            return pca
+    pca = ev.PCA(xtr, k, seed)
+    if cache is not None:
+        torch.save({"key": key, "mean": pca.mean, "basis": pca.basis}, cache)
+    return pca
 
 
 def _subset(a: np.ndarray, max_n: int) -> np.ndarray:
