@@ -22,8 +22,8 @@ ARM_ORDER = ("reference", "learned", "autoencoder", "svd")
 
 
 def mean_interval(values: list[float]) -> dict:
-    """Mean, 95% t interval and n; the interval is null for fewer than two values or when all
-    values are equal (its width is then exactly zero)."""
+    """Mean, 95% t interval and n; the interval is null for fewer than two values, and of zero
+    width when all values are equal."""
     x = np.asarray(values, dtype=float)
     out = {"n": len(x), "mean": float(x.mean()), "values": [float(v) for v in x]}
     if len(x) < 2:
@@ -85,10 +85,12 @@ def summarize(results: list[dict], settings: dict) -> dict:
 
 
 def _fmt(m: dict, pct: bool) -> str:
+    """``mean [lo, hi]``; a rate's interval is shown clipped to [0, 100%]."""
     scale, f = (100, "{:.1f}") if pct else (1, "{:.3f}" if m["mean"] < 100 else "{:.1f}")
     text = f.format(m["mean"] * scale)
     if m["ci95"] is not None:
-        text += " [" + ", ".join(f.format(v * scale) for v in m["ci95"]) + "]"
+        lo, hi = (max(0.0, m["ci95"][0]), min(1.0, m["ci95"][1])) if pct else m["ci95"]
+        text += " [" + ", ".join(f.format(v * scale) for v in (lo, hi)) + "]"
     return text + ("%" if pct else "")
 
 
@@ -137,13 +139,18 @@ def plot(summary: dict, task: str, path: Path) -> None:
             mean = [c[m]["mean"] for c in rows]
             lo = [c[m]["ci95"][0] if c[m]["ci95"] else c[m]["mean"] for c in rows]
             hi = [c[m]["ci95"][1] if c[m]["ci95"] else c[m]["mean"] for c in rows]
+            if m == "val_pass_rate":  # a rate's interval clipped to [0, 1]
+                lo, hi = [max(0.0, v) for v in lo], [min(1.0, v) for v in hi]
             if arm == "reference":
                 ax.axhline(mean[0], color="k", ls="--", lw=1, label="reference (full width, tied)")
                 ax.axhspan(lo[0], hi[0], color="k", alpha=0.08)
                 continue
             x = [c["ratio"] for c in rows]
-            ax.plot(x, mean, marker="o", label=arm)
-            ax.fill_between(x, lo, hi, alpha=0.2)
+            line, = ax.plot(x, mean, marker="o", label=arm)
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+            one = [(r, v) for r, v, c in zip(x, mean, rows) if c[m]["n"] == 1]
+            if one:  # a single seed: no interval, drawn hollow
+                ax.plot(*zip(*one), ls="", marker="o", mfc="white", color=line.get_color())
         ax.set_xscale("log", base=2)
         ratios = summary["settings"]["ratios"]
         ax.set_xticks(ratios, [f"{r}:1" for r in ratios])
@@ -152,7 +159,7 @@ def plot(summary: dict, task: str, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle({"sft": "compressor's supervised objective", "lm": "next-token LM on the intents"}[task]
-                 + f" ({len(summary['settings']['seeds'])} seed(s), mean and 95% CI)", fontsize=10)
+                 + "\nmean over seeds and 95% CI; hollow: one seed, no interval", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
