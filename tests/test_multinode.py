@@ -38,7 +38,10 @@ TINY_TRAIN = {"prompts_per_step": 4, "group_size": 2, "rollout_workers": 2, "val
 
 
 def run_script(name: str, *args, timeout: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # a cluster of its own, Serve as `serve run` runs it (tests/conftest.py turns direct ingress on
+    # for this process's Ray)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED")}
     proc = subprocess.run([sys.executable, str(HERE / name), *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
