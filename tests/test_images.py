@@ -17,7 +17,8 @@ def sources():
 
 @pytest.fixture(scope="module")
 def crop_set(sources):
-    return im.build_crop_set(sources, im.CropSetConfig(crops_per_source=6, view_pairs=8, shift_pairs=4, seed=3))
+    return im.build_crop_set(sources, im.CropSetConfig(crops_per_source=6, view_pairs=8, shift_pairs=4, seed=3,
+                                                       val_fraction=0.1))
 
 
 def test_sources_are_rgb_uint8(sources):
@@ -71,11 +72,23 @@ def test_the_heldout_origin_is_held_out_whole_and_never_trained_on():
     assert not held_idx & set(arrays["train_source"]) and set(arrays["heldout_source"]) == held_idx
 
 
+def test_the_val_origin_is_val_whole_and_leaves_the_test_groups_as_they_were():
+    sources = [_gradient_source(f"a{i}", "apt:keep", i) for i in range(12)]
+    sources += [_gradient_source(f"v{i}", "apt:val", 100 + i) for i in range(4)]
+    cfg = im.CropSetConfig(crops_per_source=2, view_pairs=2, shift_pairs=1, heldout_origin="", val_origin="apt:val")
+    splits = dict(zip([s.name for s in sources], im.source_splits(sources, cfg)))
+    assert {n for n, k in splits.items() if k == "val"} == {f"v{i}" for i in range(4)}
+    plain = dict(zip([s.name for s in sources], im.source_splits(sources, im.CropSetConfig(heldout_origin="",
+                                                                                           val_origin=""))))
+    assert {n for n, k in splits.items() if k == "test"} == {n for n, k in plain.items()
+                                                            if k == "test" and not n.startswith("v")}
+
+
 def test_dedupe_drops_a_resized_copy_and_keeps_the_heldout_one():
     a = _gradient_source("train/a", "apt:keep", 1)
     copy = im.Source("held/a", "held/a", "apt:held", im.downscale(a.pixels, 150))
     other = _gradient_source("train/b", "apt:keep", 2)
-    kept, dropped = srcmod.dedupe([a, other, copy], 0.10, first="apt:held")
+    kept, dropped = srcmod.dedupe([a, other, copy], 0.10, first=("apt:held",))
     assert [s.name for s in kept] == ["train/b", "held/a"]
     assert dropped[0]["name"] == "train/a" and dropped[0]["duplicate_of"] == "held/a"
 

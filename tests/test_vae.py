@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from learner.vae import quality as ev
 from learner.vae.model import TinyVAE, VAEConfig, num_params, shift_disagreement, vae_loss
 from learner.vae.int8 import dynamic_int8, export_int8, load_int8, quantize_per_channel
-from learner.vae.train import (VAETrainConfig, jitter, load_checkpoint, sample_views, save_checkpoint, to_tensor,
-                               train, train_step)
+from learner.vae.train import (VAETrainConfig, grow_from, jitter, load_checkpoint, sample_views, save_checkpoint,
+                               to_tensor, train, train_step)
 from learner.vae.trust import TrustCalibration, TrustedLatent, trust_score, wrap
 from learner.vae.vq import VectorQuantizer, VQConfig
 
@@ -153,11 +153,26 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, crops):
         torch.testing.assert_close(p, q, msg=n)
 
 
+def test_decoder_blocks_grow_a_model_that_starts_as_its_source_then_learn(model, crops):
+    grown = TinyVAE(VAEConfig(decoder_blocks=2)).eval()
+    grow_from(grown, model)
+    x = to_tensor(crops[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(grown.decode(model.encode(x)[0]), model.decode(model.encode(x)[0]))
+    last = grown.decoder.refine[2][1].branch[-1].weight
+    assert last.abs().sum() == 0
+    train_step(grown, torch.optim.Adam(grown.parameters(), lr=1e-3), x)
+    assert last.abs().sum() > 0  # the zeroed conv gets a gradient, so the block comes alive
+    with pytest.raises(ValueError, match="does not fit"):
+        grow_from(TinyVAE(VAEConfig(widths=(8, 16, 32))), model)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"widths": (16, 30, 64)}, "groups"),
                                           ({"image_size": 60}, "divisible"),
                                           ({"beta": -1.0}, "beta"), ({"recon": "l1"}, "recon"),
                                           ({"shift_weight": -1.0}, "shift_weight"),
-                                          ({"upsample": "cubic"}, "upsample")])
+                                          ({"upsample": "cubic"}, "upsample"),
+                                          ({"decoder_blocks": -1}, "decoder_blocks")])
 def test_config_errors_are_actionable(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**kwargs)

@@ -26,7 +26,10 @@ def register(subparsers) -> None:
     d.add_argument("--out", type=Path, required=True, help="folder for crops.npz + manifest.json")
     d.add_argument("--crops-per-source", type=count(1), default=300)
     d.add_argument("--test-fraction", type=fraction, default=0.15)
-    d.add_argument("--val-fraction", type=fraction, default=0.10)
+    d.add_argument("--val-fraction", type=fraction, default=0.0,
+                   help="share of source groups kept for val besides the whole --val-origin")
+    d.add_argument("--val-origin", default=None,
+                   help="origin held out whole for val (default apt:mate-backgrounds; '' = none)")
     d.add_argument("--view-pairs", type=count(0), default=512)
     d.add_argument("--shift-pairs", type=count(0), default=256, help="pairs per shift (2/4/8/16 px) per split")
     d.add_argument("--seed", type=int, default=0)
@@ -56,6 +59,8 @@ def register(subparsers) -> None:
     t.add_argument("--recon", choices=("sse", "sigma_vae"), default="sse")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
     t.add_argument("--extra-blocks", type=count(0), default=0)
+    t.add_argument("--decoder-blocks", type=count(0), default=0,
+                   help="residual blocks at the start of each decoder stage (start as the identity)")
     t.add_argument("--widths", type=widths, default=(16, 32, 64), help="comma-separated encoder widths")
     t.add_argument("--latent-dim", type=count(1), default=64)
     t.add_argument("--vq-codes", type=count(2), default=512)
@@ -107,10 +112,11 @@ def _json_out(command):
 
 
 def cmd_data(args: argparse.Namespace) -> dict:
-    from learner.vae.images import CropSetConfig, build_crop_set, gather_sources, save_crop_set
+    from learner.vae.images import VAL_ORIGIN, CropSetConfig, build_crop_set, gather_sources, save_crop_set
 
     cfg = CropSetConfig(crops_per_source=16 if args.smoke else args.crops_per_source,
                         test_fraction=args.test_fraction, val_fraction=args.val_fraction, seed=args.seed,
+                        val_origin=VAL_ORIGIN if args.val_origin is None else args.val_origin,
                         view_pairs=32 if args.smoke else args.view_pairs,
                         shift_pairs=8 if args.smoke else args.shift_pairs)
     sources = gather_sources(use_apt=not (args.no_apt or args.smoke), cache=args.cache)
@@ -153,7 +159,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.latent_dim % args.vq_group_dim:
         raise UsageError(f"--vq-group-dim {args.vq_group_dim} must divide --latent-dim {args.latent_dim}")
     cfg = VAEConfig(widths=args.widths, latent_dim=args.latent_dim,
-                    extra_blocks=args.extra_blocks, beta=args.beta, ssim_weight=args.ssim_weight,
+                    extra_blocks=args.extra_blocks, decoder_blocks=args.decoder_blocks,
+                    beta=args.beta, ssim_weight=args.ssim_weight,
                     shift_weight=args.shift_weight, upsample=args.upsample, recon=args.recon)
     tcfg = VAETrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        threads=args.threads, time_limit_s=args.time_limit, jitter=args.jitter)

@@ -4,10 +4,11 @@ Where the photographs come from, and how near-duplicates are dropped, is
 ``learner/vae/sources.py``. Here they are split and cut:
 
 - **splits by source, never by crop**: one origin (``HELDOUT_ORIGIN``, a whole Debian
-  package) is held out entirely for test (``heldout``); the other sources are split by
-  *source group* (a photograph together with its near-duplicates, e.g. a stereo pair) into
-  ``train``, ``val`` (for choosing settings) and ``test``, so no evaluated crop shares pixels
-  with a training crop;
+  package) is held out entirely for test (``heldout``) and another (``VAL_ORIGIN``) entirely
+  for validation (``val``, for choosing settings); the other sources are split by *source
+  group* (a photograph together with its near-duplicates, e.g. a stereo pair) into
+  ``train``, ``test`` and, with ``val_fraction > 0``, more ``val``, so no evaluated crop
+  shares pixels with a training crop;
 - **training crops are augmented at cut time**: each is cut at a random scale (a window of
   up to ``max_scale`` times the side, resized down) and stored with ``context`` pixels of
   margin on each side (80x80), so training can take two shifted 64x64 views of one scene;
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from learner.vae.sources import (  # noqa: F401  (re-exported: the crop set's one import point)
-    CROP, HELDOUT_ORIGIN, Source, apt_sources, dedupe, fetch_apt_packages, gather_sources,
+    CROP, HELDOUT_ORIGIN, VAL_ORIGIN, Source, apt_sources, dedupe, fetch_apt_packages, gather_sources,
     group_key, skimage_sources)
 
 VIEW_KINDS = ("shift", "photometric", "noise", "camera")
@@ -47,10 +48,14 @@ class CropSetConfig:
     """Crops cut at random positions from each source photograph (every split)."""
     test_fraction: float = 0.15
     """Share of source groups (outside the held-out origin) kept for test (at least one group)."""
-    val_fraction: float = 0.10
-    """Share of source groups kept for validation (0 = no val split)."""
+    val_fraction: float = 0.0
+    """Share of source groups kept for validation besides ``val_origin`` (0 = none)."""
     heldout_origin: str = HELDOUT_ORIGIN
     """Origin whose every photograph is held out for test ("" = none)."""
+    val_origin: str = VAL_ORIGIN
+    """Origin whose every photograph is held out for validation ("" = none). Its groups still
+    take part in the seeded group order, so the per-group test split is the one a crop set
+    without it would have, less this origin's photographs."""
     max_side: int = 512
     """Sources are downscaled so that their shorter side is at most this many pixels."""
     min_std: float = 0.02
@@ -226,16 +231,20 @@ def make_view(pixels: np.ndarray, corner: tuple[int, int], kind: str,
 
 
 def source_splits(sources: list[Source], cfg: CropSetConfig) -> list[str]:
-    """The split of each source: ``heldout`` for the held-out origin, else by its group."""
+    """The split of each source: ``heldout`` / ``val`` for the held-out / validation origin,
+    else by its group."""
     rest = [s.group for s in sources if s.origin != cfg.heldout_origin]
     by_group = assign_splits(rest, cfg.test_fraction, cfg.val_fraction, cfg.seed)
-    return ["heldout" if s.origin == cfg.heldout_origin else by_group[s.group] for s in sources]
+    whole = {cfg.heldout_origin: "heldout", cfg.val_origin: "val"}
+    whole.pop("", None)
+    return [whole.get(s.origin) or by_group[s.group] for s in sources]
 
 
 def build_crop_set(sources: list[Source], cfg: CropSetConfig) -> tuple[dict, dict]:
     """Dedupe, split and cut; return ``(arrays, manifest)`` ready for :func:`save_crop_set`."""
     rng = np.random.default_rng(cfg.seed)
-    sources, dropped = (dedupe(sources, cfg.dedupe_share, cfg.heldout_origin) if cfg.dedupe_share >= 0
+    first = (cfg.heldout_origin, cfg.val_origin)
+    sources, dropped = (dedupe(sources, cfg.dedupe_share, first) if cfg.dedupe_share >= 0
                         else (sources, []))
     splits = source_splits(sources, cfg)
     parts: dict[str, tuple[list, list]] = {k: ([], []) for k in ("train",) + EVAL_SPLITS}

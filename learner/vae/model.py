@@ -42,6 +42,10 @@ class VAEConfig:
     """Size of the latent z (64 -> a 192x reduction of a 64x64x3 crop)."""
     extra_blocks: int = 0
     """Stride-1 residual depthwise-separable blocks added after each stage (0 = the plain design)."""
+    decoder_blocks: int = 0
+    """Stride-1 residual blocks at the start of each decoder stage (8, 16, 32 px), decoder only
+    (outside the encode budget). Their last conv starts at zero, so each starts as the
+    identity and a model grown from a checkpoint without them starts as that model."""
     groups: int = 8
     """GroupNorm groups; must divide every width."""
     beta: float = 0.1
@@ -69,9 +73,9 @@ class VAEConfig:
         bad = [w for w in self.widths if w % self.groups]
         if bad:
             raise ValueError(f"groups={self.groups} must divide every width; it does not divide {bad}")
-        if self.latent_dim < 1 or self.extra_blocks < 0:
-            raise ValueError(f"latent_dim must be >= 1 and extra_blocks >= 0, got "
-                             f"{self.latent_dim}, {self.extra_blocks}")
+        if self.latent_dim < 1 or self.extra_blocks < 0 or self.decoder_blocks < 0:
+            raise ValueError(f"latent_dim must be >= 1, extra_blocks and decoder_blocks >= 0, got "
+                             f"{self.latent_dim}, {self.extra_blocks}, {self.decoder_blocks}")
         if self.recon not in ("sse", "sigma_vae"):
             raise ValueError(f"recon must be 'sse' or 'sigma_vae', got {self.recon!r}")
         if self.beta < 0 or self.ssim_weight < 0 or self.shift_weight < 0:
@@ -154,11 +158,29 @@ class Decoder(nn.Module):
         layers += [SepBlock(cfg, w[-1], w[-1]) for _ in range(cfg.extra_blocks)]
         layers.append(nn.ConvTranspose2d(w[-1], 3, 4, 2, 1))  # mirror of the stem
         self.net = nn.Sequential(*layers)
+        # a separate list, so the names in `net` (and older checkpoints) stay as they are
+        self.refine = nn.ModuleList(nn.Sequential(*[zero_branch(SepBlock(cfg, c, c))
+                                                    for _ in range(cfg.decoder_blocks)]) for c in w)
+        self.stage_starts = [i * (cfg.extra_blocks + 1) for i in range(len(w))]  # index in `net`
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         s = self.cfg.map_size
         h = self.fc(z).view(-1, self.cfg.widths[-1], s, s)  # (B, C, S, S)
-        return torch.sigmoid(self.net(h))  # (B, 3, H, W) in [0, 1]
+        for i, layer in enumerate(self.net):
+            if i in self.stage_starts:
+                h = self.refine[self.stage_starts.index(i)](h)
+            h = layer(h)
+        return torch.sigmoid(h)  # (B, 3, H, W) in [0, 1]
+
+
+def zero_branch(block: SepBlock) -> SepBlock:
+    """Zero the last conv of a block's branch: the block starts as its shortcut (Goyal et al.
+    2017's zero-initialised residual branches)."""
+    last = block.branch[-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+    return block
 
 
 class TinyVAE(nn.Module):

@@ -39,6 +39,9 @@ APT_PACKAGES = {
 }
 HELDOUT_ORIGIN = "apt:lomiri-wallpapers-16.04"
 """The source held out entirely for test: 15 photographs by ten photographers, none trained on."""
+VAL_ORIGIN = "apt:mate-backgrounds"
+"""The source held out entirely for validation (choosing settings and the model to ship): 12
+nature photographs, none trained on."""
 
 # skimage.data photographs (grey ones are replicated to RGB); `cat` duplicates `chelsea`
 SKIMAGE_COLOUR = ("astronaut", "chelsea", "coffee", "hubble_deep_field",
@@ -167,16 +170,17 @@ def dhash(pixels: np.ndarray, side: int = 16) -> np.ndarray:
     return np.concatenate([(grey[:-1, 1:] > grey[:-1, :-1]).ravel(), (grey[1:, :-1] > grey[:-1, :-1]).ravel()])
 
 
-def dedupe(sources: list[Source], max_share: float, first: str = HELDOUT_ORIGIN
+def dedupe(sources: list[Source], max_share: float, first: tuple[str, ...] = (HELDOUT_ORIGIN, VAL_ORIGIN)
            ) -> tuple[list[Source], list[dict]]:
     """Drop images whose difference hash differs from an earlier one's in at most ``max_share``
     of its bits.
 
-    Sources of origin ``first`` are looked at first, so a held-out photograph is never the
-    one dropped for a training copy. Returns the kept sources (in their given order) and one
+    Sources of the origins ``first`` are looked at first, in that order, so a held-out
+    photograph is never the one dropped for a training copy. Returns the kept sources (in their given order) and one
     ``{name, duplicate_of, share}`` row per dropped image.
     """
-    order = sorted(range(len(sources)), key=lambda i: sources[i].origin != first)
+    rank = {origin: r for r, origin in enumerate(first)}
+    order = sorted(range(len(sources)), key=lambda i: rank.get(sources[i].origin, len(rank)))
     kept: list[tuple[int, np.ndarray]] = []  # (index, hash)
     dropped = []
     for i in order:

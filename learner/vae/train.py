@@ -142,7 +142,7 @@ def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_wide: np.ndarray, log=prin
     gen = torch.Generator().manual_seed(tcfg.seed)
     model = TinyVAE(cfg)
     if init is not None:
-        model.load_state_dict(load_checkpoint(init)[0].state_dict())
+        grow_from(model, load_checkpoint(init)[0])
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     data = torch.from_numpy(np.ascontiguousarray(train_wide)).permute(0, 3, 1, 2)  # (N, 3, W, W) uint8
     first, used, rows = _resume(out, model, opt, gen, log)
@@ -163,6 +163,19 @@ def train(cfg: VAEConfig, tcfg: VAETrainConfig, train_wide: np.ndarray, log=prin
             break
     model.eval()
     return model, rows
+
+
+def grow_from(model: TinyVAE, source: TinyVAE) -> None:
+    """Copy ``source``'s weights into ``model``, which may have decoder blocks ``source`` lacks
+    (those keep their zero-initialised branches, so ``model`` starts as ``source``)."""
+    hint = "--init checkpoint does not fit this model (widths, latent size or extra blocks differ)"
+    try:
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(f"{hint}: {str(err).splitlines()[1:2]}") from None
+    foreign = [k for k in missing if not k.startswith("decoder.refine.")] + list(unexpected)
+    if foreign:
+        raise ValueError(f"{hint}: {foreign[:4]}")
 
 
 def _save_state(out: Path, model, opt, gen, step: int, used: float, rows: list[dict]) -> None:
