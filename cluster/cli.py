@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ppo": "cluster.ppo",
     "tune": "sweep.cli",
     "vae": "learner.vae.cli",
+    "latent": "learner.latent.cli",
     "serve": "serve.cli",
 }
 
