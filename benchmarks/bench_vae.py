@@ -5,7 +5,8 @@
 Reports: encode latency at batch 1 (median and p90 over repeats, ms per crop), throughput at
 batch 256 (crops/s), encode+decode latency at batch 1, and the peak memory of the model plus
 its buffers (resident-set growth of a fresh process that loads the model and encodes a batch,
-over the same process with torch imported). Each figure is printed as a Markdown table row.
+over the same process with torch imported), and the machine's 1-minute load average before and
+after. Each figure is printed as a Markdown table row.
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ def main() -> int:
         print(json.dumps(memory_probe(args.checkpoint, args.probe_batch, args.threads)))
         return 0
     torch.set_num_threads(args.threads)
+    load = [os.getloadavg()[0]]
     rows = speed_rows(args.checkpoint, args.repeats)
     mem = [probe(args.checkpoint, b, args.threads) for b in (1, 64, 256)]
-    print(f"threads={args.threads} torch={torch.__version__}")
+    load.append(os.getloadavg()[0])  # other jobs on the machine skew every figure: say how busy it was
+    print(f"threads={args.threads} torch={torch.__version__} load average (1 min) {load[0]:.1f} -> {load[1]:.1f}")
     print("| method | batch 1 ms (median) | batch 1 ms (p90) | batch 256 crops/s |")
     print("|---|---:|---:|---:|")
     for r in rows:
@@ -139,7 +142,8 @@ def main() -> int:
               f"(weights {m['weights_mb']:.1f} MB, process peak {m['peak_rss_mb']:.0f} MB)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"threads": args.threads, "speed": rows, "memory": mem}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"threads": args.threads, "load_avg_1min": load, "speed": rows,
+                                             "memory": mem}, indent=2) + "\n")
     return 0
 
 
