@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.latent.data import FAMILIES, DataConfig, generate, load_split, load_tokenizer, write_dataset
+from learner.latent.data import FAMILIES, DataConfig, bindings, generate, load_split, load_tokenizer, write_dataset
 from learner.latent.evaluate import evaluate, parts, token_f1
 from learner.latent.model import LatentConfig, LatentReader, mean_pool
 from learner.latent.report import finite, mean_ci
 from learner.latent.study import plan, quick_settings, run_study
 from learner.latent.train import (ARMS, WARM, TrainConfig, batch_loss, build_reader, load_reader, quick, reader_inputs,
                                   train, warm_start)
-from learner.latent.views import bm25_view, context_batch, examples, token_view
+from learner.latent.views import bm25_view, context_batch, examples, text_ids, token_view
 from learner.policy import special_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,9 @@ def test_histories_are_deterministic_disjoint_and_answerable():
     assert not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"])
     assert {r["family"] for r in a["train"]} == set(FAMILIES)
     for r in a["train"]:
-        asked = r["question"].split("job ")[1].rstrip("?").split(" ")[0]
-        assert r["answer"] in r["turns"][r["relevant_turn"]]
+        asked = r["job"]
+        assert r["question"] == f"which check does job {asked} run?" and bindings(r["turns"])[asked] == r["answer"]
+        assert f"<{r['answer']}>" in r["turns"][r["relevant_turn"]]
         mentions = [i for i, t in enumerate(r["turns"]) if re.search(rf"\b{asked}\b", t)]
         if r["family"] == "needle":
             assert mentions == [r["relevant_turn"]]
@@ -76,6 +77,16 @@ def test_answer_tokens_are_copyable_and_lengths_reach_past_the_window(rows):
         turn, ans = list(e.turns[e.relevant_turn]), list(e.answer)
         assert any(turn[i:i + len(ans)] == ans for i in range(len(turn)))
     assert min(e.n_context for e in rows) < 96 < max(e.n_context for e in rows)
+
+
+def test_training_text_targets_only_answers_and_extra_questions_are_about_other_jobs(tok, rows):
+    e = next(e for e in rows if len(e.extra) >= 2)
+    ids, target = text_ids(e, 3, 2, prefix=[7, 7], queries=2)
+    answers = [i for i, t in zip(ids, target) if t]
+    assert answers == [*e.answer, 2, *e.extra[0][1], 2, *e.extra[1][1], 2]
+    assert ids[:2] == [7, 7] and ids[2:2 + len(e.question)] == list(e.question)
+    assert text_ids(e, 3, 2, answer=False, queries=2) == ([*e.question, 3], [False] * (len(e.question) + 1))
+    assert all(q != e.question for q, _ in e.extra)
 
 
 def test_views_keep_the_budget_and_bm25_finds_the_needle(rows):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,27 @@ def history(family: str, rng: random.Random, cfg: DataConfig) -> dict:
     slots = sorted(rng.sample(range(len(key) + rest), k=len(key)))  # key turns keep their order
     keys, fill = iter(key), iter(filler)
     turns = [next(keys) if i in slots else next(fill) for i in range(len(key) + rest)]
-    return {"family": family, "turns": turns, "question": QUESTION.format(n=asked), "answer": answer,
+    return {"family": family, "job": asked, "turns": turns, "question": QUESTION.format(n=asked), "answer": answer,
             "relevant_turn": slots[value_at]}
+
+
+NAME = re.compile(r"\b(" + "|".join(JOBS) + r")\b")
+PROGRAM = re.compile(r"<([^>]+)>")
+
+
+def bindings(turns: list[str]) -> dict[str, str]:
+    """Each job's program after the whole history, read back from the turns: the latest setting
+    wins, and a job that runs "the same check as" another gets that job's final program."""
+    value, ref = {}, {}
+    for t in turns:
+        names, programs = NAME.findall(t), PROGRAM.findall(t)
+        if len(names) == 1 and len(programs) == 1:
+            value[names[0]] = programs[0]
+            ref.pop(names[0], None)
+        elif len(names) == 2 and not programs:
+            ref[names[0]] = names[1]
+    value.update({n: value[m] for n, m in ref.items() if m in value})
+    return value
 
 
 def generate(cfg: DataConfig) -> dict[str, list[dict]]:

@@ -54,6 +54,7 @@ def predict(model, rows: list[Example], view: str, k: int, window: int, tok, max
         batch = [rows[j] for j in idx]
         prefix, texts, scores = reader_inputs(model, batch, view, k, window, special, answer=False)
         seqs = [list(ids) for ids, _ in texts]
+        starts = [len(s) for s in seqs]
         done = [False] * len(batch)
         for _ in range(max_new_tokens):
             text = collate([(s, len(s)) for s in seqs], special["pad"])
@@ -66,7 +67,7 @@ def predict(model, rows: list[Example], view: str, k: int, window: int, tok, max
                     seqs[j].append(t)
             if all(done):
                 break
-        for j, s, (_, n) in zip(idx, seqs, texts):
+        for j, s, n in zip(idx, seqs, starts):
             answers[j] = tok.decode(s[n:], skip_special_tokens=True).strip()
         if hits is not None:
             for j, hit in zip(idx, (scores.argmax(-1) == torch.tensor([e.relevant_turn for e in batch])).tolist()):

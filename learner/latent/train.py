@@ -71,6 +71,8 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     """Initialization and batch order (the same order for every arm of a seed)."""
+    queries: int = 4
+    """Questions about other jobs added after the asked one in training (0 = only the asked one)."""
     val_rows: int = 150
     """Validation histories scored for the curves."""
     eval_every: int = 100
@@ -111,25 +113,37 @@ def build_reader(arm: str, k: int, tcfg: TrainConfig, tokenizer) -> nn.Module:
 
 
 def reader_inputs(model: nn.Module, batch: list[Example], view: str, k: int, window: int, special: dict,
-                  answer: bool = True) -> tuple[torch.Tensor | None, list[tuple[list[int], int]], torch.Tensor | None]:
+                  answer: bool = True, queries: int = 0
+                  ) -> tuple[torch.Tensor | None, list[tuple[list[int], list[bool]]], torch.Tensor | None]:
     """What the reasoner reads for ``batch``: (prefix vectors (B, P, d) or None, text ids with
-    their prompt lengths, pointer scores (B, N) or None). ``view`` is ``latent`` or one of VIEWS."""
+    their target flags (:func:`text_ids`), pointer scores (B, N) or None). ``view`` is
+    ``latent`` or one of VIEWS."""
     sep, eos = special["sep"], special["eos"]
     if view == "latent":
         z, scores = model.latents(context_batch(batch))
-        return z, [text_ids(e, sep, eos, answer=answer) for e in batch], scores
+        return z, [text_ids(e, sep, eos, answer=answer, queries=queries) for e in batch], scores
     if view == "mean":
         emb = model.reasoner.get_input_embeddings()
         prefix = torch.stack([mean_pool(emb(torch.tensor(e.context)), k) for e in batch])  # (B, k, d)
-        return prefix, [text_ids(e, sep, eos, answer=answer) for e in batch], None
+        return prefix, [text_ids(e, sep, eos, answer=answer, queries=queries) for e in batch], None
     cut = [token_view(e, view, k, window) or e.context[-window:] for e in batch]  # full: the window
-    return None, [text_ids(e, sep, eos, c, answer) for e, c in zip(batch, cut)], None
+    return None, [text_ids(e, sep, eos, c, answer, queries) for e, c in zip(batch, cut)], None
 
 
-def batch_loss(model, batch, view: str, k: int, tcfg: TrainConfig, special: dict) -> tuple[torch.Tensor, dict]:
-    """Answer cross-entropy (+ aux_weight x pointer cross-entropy for latent arms)."""
-    prefix, texts, scores = reader_inputs(model, batch, view, k, tcfg.window, special)
-    text = collate(texts, special["pad"])
+def collate_targets(texts: list[tuple[list[int], list[bool]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (IGNORE where not a target)."""
+    text = collate([(ids, len(ids)) for ids, _ in texts], pad_id)
+    for i, (ids, target) in enumerate(texts):
+        text["labels"][i, : len(ids)] = torch.where(torch.tensor(target), torch.tensor(ids), IGNORE)
+    return text
+
+
+def batch_loss(model, batch, view: str, k: int, tcfg: TrainConfig, special: dict,
+               queries: int = 0) -> tuple[torch.Tensor, dict]:
+    """Answer cross-entropy over every target token (+ aux_weight x pointer cross-entropy for
+    latent arms), with ``queries`` extra questions per history."""
+    prefix, texts, scores = reader_inputs(model, batch, view, k, tcfg.window, special, queries=queries)
+    text = collate_targets(texts, special["pad"])
     labels = text["labels"]
     if prefix is not None:
         labels = torch.cat([labels.new_full(prefix.shape[:2], IGNORE), labels], 1)
@@ -250,7 +264,7 @@ def train(run: str | Path, data: str | Path, arm: str, k: int, tcfg: TrainConfig
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, tcfg)
             view, budget = step_view(arm, k, step, tcfg)
-            loss, parts = batch_loss(model, next(stream), view, budget, tcfg, special)
+            loss, parts = batch_loss(model, next(stream), view, budget, tcfg, special, tcfg.queries)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)

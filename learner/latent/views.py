@@ -11,12 +11,13 @@ and puts them back in their order in the history.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
 import torch
 
-from learner.latent.data import QUESTION, bucket_of, encode_turns
+from learner.latent.data import QUESTION, bindings, bucket_of, encode_turns
 
 TOKEN_VIEWS = ("full", "first", "last", "bm25")
 VECTOR_VIEWS = ("mean",)
@@ -41,6 +42,8 @@ class Example:
     answer: tuple[int, ...]
     answer_text: str
     relevant_turn: int
+    extra: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
+    """(question, answer) ids about the history's other jobs, for training only."""
 
     @property
     def context(self) -> list[int]:
@@ -56,10 +59,17 @@ class Example:
 
 
 def examples(tok, rows: list[dict]) -> list[Example]:
-    return [Example(r["id"], r["family"], tuple(map(tuple, encode_turns(tok, r["turns"]))), tuple(r["turns"]),
-                    tuple(tok.encode(r["question"], add_special_tokens=False)), r["question"],
-                    tuple(tok.encode(r["answer"], add_special_tokens=False)), r["answer"], r["relevant_turn"])
-            for r in rows]
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(tok.encode(text, add_special_tokens=False))
+
+    out = []
+    for r in rows:
+        others = sorted((job, program) for job, program in bindings(r["turns"]).items() if job != r["job"])
+        random.Random(r["id"]).shuffle(others)
+        out.append(Example(r["id"], r["family"], tuple(map(tuple, encode_turns(tok, r["turns"]))), tuple(r["turns"]),
+                           ids(r["question"]), r["question"], ids(r["answer"]), r["answer"], r["relevant_turn"],
+                           tuple((ids(QUESTION.format(n=job)), ids(program)) for job, program in others)))
+    return out
 
 
 def context_batch(batch: list[Example]) -> dict[str, torch.Tensor]:
@@ -112,7 +122,16 @@ def token_view(e: Example, view: str, k: int, window: int) -> list[int] | None:
     raise ValueError(f"{view!r} is not a token view; choose from {TOKEN_VIEWS}")
 
 
-def text_ids(e: Example, sep: int, eos: int, prefix: list[int] = (), answer: bool = True) -> tuple[list[int], int]:
-    """(``prefix + question + <sep> [+ answer + <eos>]``, prompt length): the reasoner's text."""
-    prompt = [*prefix, *e.question, sep]
-    return (prompt + [*e.answer, eos] if answer else prompt), len(prompt)
+def text_ids(e: Example, sep: int, eos: int, prefix: list[int] = (), answer: bool = True,
+             queries: int = 0) -> tuple[list[int], list[bool]]:
+    """The reasoner's text and which of its tokens are targets: ``prefix + question + <sep>``,
+    then with ``answer`` the ``answer + <eos>`` and ``queries`` more questions about other jobs
+    with their answers (denser supervision for training; evaluation asks one question)."""
+    ids, target = [*prefix], [False] * len(prefix)
+    for question, reply in ((e.question, e.answer), *e.extra[:queries])[:1 + queries if answer else 1]:
+        ids += [*question, sep]
+        target += [False] * (len(question) + 1)
+        if answer:
+            ids += [*reply, eos]
+            target += [True] * (len(reply) + 1)
+    return ids, target
