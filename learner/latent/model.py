@@ -9,8 +9,9 @@ many turns before the last one a token was said), so that "the latest setting wi
 read off. The reasoner is the policy architecture too; it sees ``[latents; question]`` through
 ``inputs_embeds`` and never the context's token ids.
 
-Training adds one auxiliary loss: a pointer from the mean latent scores each turn's mean
-feature, cross-entropy against the turn that holds the answer. ``shared`` is the control where
+Training adds one auxiliary loss, localizing the turn that holds the answer through the
+latents: the question weighs the K latents, each latent points at the turns its
+cross-attention read, and the mixture is scored by cross-entropy against the relevant turn. ``shared`` is the control where
 the encoder is the reasoner itself (its own layers' features of the context).
 """
 
@@ -107,23 +108,27 @@ class LatentReader(nn.Module):
         return f
 
     def latents(self, ctx: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents (B, K, d_reasoner), turn scores (B, N) of the pointer, -inf on absent turns)."""
+        """(latents (B, K, d_reasoner), pointer log-probabilities over turns (B, N), -inf on
+        absent turns)."""
         f = self.features(ctx)  # (B, T, d)
         pad = ctx["mask"] == 0  # (B, T)
         z = self.queries.expand(f.shape[0], -1, -1)  # (B, K, d)
-        z, _ = self.cross(z, f, pad)
+        z, attn = self.cross(z, f, pad, need_weights=True)  # attn (B, K, T), heads averaged
         z, _ = self.self_attn(z)
-        return self.project(z), self.turn_scores(z, f, ctx)
+        z = self.project(z)
+        return z, self.turn_pointer(z, attn, ctx)
 
-    def turn_scores(self, z: torch.Tensor, f: torch.Tensor, ctx: dict) -> torch.Tensor:
-        """Pointer over turns: (B, N) scores of each turn's mean feature against the mean latent."""
+    def turn_pointer(self, z: torch.Tensor, attn: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """Where the latents say the answer is: the question (its mean token embedding) weighs
+        the K latents, and each latent points at the turns its cross-attention read. (B, N)."""
         turn = ctx["turn"]  # (B, T), -1 on padding
-        n = int(turn.max()) + 1
-        onehot = F.one_hot(turn.clamp(min=0), n).float() * (turn >= 0).unsqueeze(-1)  # (B, T, N)
-        counts = onehot.sum(1)  # (B, N)
-        means = torch.einsum("btn,btd->bnd", onehot, f) / counts.clamp(min=1).unsqueeze(-1)  # (B, N, d)
-        scores = torch.einsum("bnd,bd->bn", means, self.pointer(z.mean(1))) / f.shape[-1] ** 0.5
-        return scores.masked_fill(counts == 0, float("-inf"))
+        onehot = F.one_hot(turn.clamp(min=0), int(turn.max()) + 1).float() * (turn >= 0).unsqueeze(-1)  # (B, T, N)
+        per_latent = torch.einsum("bkt,btn->bkn", attn, onehot)  # (B, K, N), rows sum to 1
+        q_mask = ctx["question_mask"].unsqueeze(-1).float()  # (B, Q, 1)
+        q = (self.reasoner.get_input_embeddings()(ctx["question"]) * q_mask).sum(1) / q_mask.sum(1)  # (B, d)
+        weight = torch.softmax(torch.einsum("bkd,bd->bk", z, self.pointer(q)) / z.shape[-1] ** 0.5, -1)  # (B, K)
+        p = torch.einsum("bk,bkn->bn", weight, per_latent)  # (B, N)
+        return torch.log(p.clamp_min(1e-12)).masked_fill(onehot.sum(1) == 0, float("-inf"))
 
     def forward(self, prefix: torch.Tensor, text: dict) -> torch.Tensor:
         """Reasoner logits (B, K + S, V) for ``prefix`` (B, K, d) vectors then ``text`` ids."""

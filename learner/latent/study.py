@@ -1,6 +1,8 @@
 """The study grid: every arm at every budget and seed, one JSON line per finished cell.
 
-Per seed: the warm start, then the baselines' reasoner, trained once and read through every
+One warm start (trained with the first seed) is shared by every arm and seed: the seeds vary
+the arms' own initialization (compressor, queries) and batch order, not the warm reasoner.
+Per seed: the baselines' reasoner, trained once and read through every
 view at every K (``full`` once), then the latent reader at every K; after every seed has
 those, per seed the same-model control and the four ablations at ``ablation_k`` (a stopped
 study holds the main comparison first). A cell is one (arm, view, K, seed) on the test split. A rerun skips the cells in OUT/cells.jsonl and
@@ -87,8 +89,8 @@ def run_study(data: str | Path, out: str | Path, s: StudySettings, log=print) ->
         tcfg = replace(s.train, seed=seed)
         run = out / "runs" / run_name(arm, k, seed)
         if loaded != run:
-            warm = out / "runs" / run_name(WARM, 0, seed)
-            train(warm, data, WARM, 0, tcfg, log=log)  # returns at once when finished
+            warm = out / "runs" / WARM
+            train(warm, data, WARM, 0, replace(s.train, seed=s.seeds[0]), log=log)  # at once when finished
             train(run, data, arm, k, tcfg, init=warm, log=log)
             model, loaded = load_reader(run, data)[0], run
         result = evaluate(model, test, view, k, tcfg.window, tok, tcfg.max_new_tokens)

@@ -60,9 +60,9 @@ class TrainConfig:
     """Context tokens the reasoner's window holds (the ``full`` view's limit)."""
     budgets: tuple[int, ...] = (4, 8, 16, 32)
     """K values; the view-trained reasoner draws its budget from these."""
-    warm_steps: int = 1000
+    warm_steps: int = 2500
     """Steps of the warm start: the reasoner on whole contexts that fit the window."""
-    steps: int = 400
+    steps: int = 300
     """Steps of each arm after the warm start."""
     batch_size: int = 16
     lr: float = 3e-3
@@ -116,7 +116,7 @@ def reader_inputs(model: nn.Module, batch: list[Example], view: str, k: int, win
                   answer: bool = True, queries: int = 0
                   ) -> tuple[torch.Tensor | None, list[tuple[list[int], list[bool]]], torch.Tensor | None]:
     """What the reasoner reads for ``batch``: (prefix vectors (B, P, d) or None, text ids with
-    their target flags (:func:`text_ids`), pointer scores (B, N) or None). ``view`` is
+    their target flags (:func:`text_ids`), pointer log-probabilities (B, N) or None). ``view`` is
     ``latent`` or one of VIEWS."""
     sep, eos = special["sep"], special["eos"]
     if view == "latent":
@@ -152,7 +152,7 @@ def batch_loss(model, batch, view: str, k: int, tcfg: TrainConfig, special: dict
     if scores is None:
         return answer, parts
     target = torch.tensor([e.relevant_turn for e in batch])
-    aux = F.cross_entropy(scores, target)
+    aux = F.nll_loss(scores, target)
     parts["aux_loss"] = aux.item()
     return answer + model.cfg.aux_weight * aux, parts
 

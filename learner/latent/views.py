@@ -74,8 +74,14 @@ def examples(tok, rows: list[dict]) -> list[Example]:
 
 def context_batch(batch: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded context ids (B, T), mask, turn index (-1 on padding) and turn recency
-    (turns before the last one) per token, for the encoder."""
+    (turns before the last one) per token, for the encoder; the question's ids (B, Q) and
+    mask, for the pointer."""
     width = max(e.n_context for e in batch)
+    q_width = max(len(e.question) for e in batch)
+    question, q_mask = torch.zeros(len(batch), q_width, dtype=torch.long), torch.zeros(len(batch), q_width, dtype=torch.long)
+    for i, e in enumerate(batch):
+        question[i, :len(e.question)] = torch.tensor(e.question)
+        q_mask[i, :len(e.question)] = 1
     ids = torch.zeros(len(batch), width, dtype=torch.long)
     mask, turn, recency = torch.zeros_like(ids), torch.full_like(ids, -1), torch.zeros_like(ids)
     for i, e in enumerate(batch):
@@ -86,7 +92,7 @@ def context_batch(batch: list[Example]) -> dict[str, torch.Tensor]:
             recency[i, at:at + len(t)] = len(e.turns) - 1 - j
             at += len(t)
         mask[i, :at] = 1
-    return {"ids": ids, "mask": mask, "turn": turn, "recency": recency}
+    return {"ids": ids, "mask": mask, "turn": turn, "recency": recency, "question": question, "question_mask": q_mask}
 
 
 def bm25_view(e: Example, k: int) -> list[int]:
