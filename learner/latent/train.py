@@ -62,7 +62,7 @@ class TrainConfig:
     """K values; the view-trained reasoner draws its budget from these."""
     warm_steps: int = 2500
     """Steps of the warm start: the reasoner on whole contexts that fit the window."""
-    steps: int = 300
+    steps: int = 400
     """Steps of each arm after the warm start."""
     batch_size: int = 16
     lr: float = 3e-3
