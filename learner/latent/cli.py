@@ -8,13 +8,12 @@ Progress goes to stderr; each command prints one JSON line on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from learner.vae.cli import _json_out  # tables and progress on stderr, one JSON line on stdout
 from validator_actors.cli_args import UsageError, count, need_dir
 
 DATA_FILES = ("train.parquet", "val.parquet", "test.parquet", "tokenizer")
@@ -68,20 +67,6 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.split(",") if t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _json_out(command):
-    """Run ``command`` with its prints on stderr, then print its dict as one JSON line."""
-
-    def run(args: argparse.Namespace) -> int:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        with contextlib.redirect_stdout(sys.stderr):
-            result = command(args)
-        print(json.dumps(result))
-        return 0
-
-    run.__name__ = command.__name__
-    return run
 
 
 def _log(line: str) -> None:

@@ -21,6 +21,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, axes, path: Path) -> None:
+    """Label the EM panels (y axis on the first, legend on the last) and write the PNG."""
+    axes[0].set_ylabel("test exact match (%)")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _series(summary: dict, row: str, ks, metric: str) -> tuple[list, list, list]:
     xs, ys, es = [], [], []
     for k in ks:
@@ -47,11 +56,7 @@ def k_figure(summary: dict, budgets, path: Path) -> None:
         ax.set_xlabel("K (latent vectors or tokens)")
         ax.set_title("all families" if metric == "em" else metric.split(".", 1)[1])
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test exact match (%)")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, path)
 
 
 def bucket_figure(summary: dict, budgets, path: Path) -> None:
@@ -73,11 +78,7 @@ def bucket_figure(summary: dict, budgets, path: Path) -> None:
         ax.set_xlabel("context tokens")
         ax.set_title(f"K = {k}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test exact match (%)")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, path)
 
 
 def curve_figure(runs: Path, path: Path, names: list[str] | None = None, seed: int = 0) -> None:
