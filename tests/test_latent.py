@@ -147,7 +147,7 @@ def test_pointer_scores_cover_the_turns_and_ablations_change_the_parts(tok, rows
         assert torch.isfinite(scores[i, :n]).all() and torch.isinf(scores[i, n:]).all()
     assert _reader(tok, projection=False).project.__class__.__name__ == "Identity"
     assert _reader(tok, features="last").mix.in_features == TCFG.width
-    assert model.mix.in_features == TCFG.layers * TCFG.width
+    assert model.mix.in_features == (TCFG.layers + 1) * TCFG.width  # the embeddings and every layer
     assert _reader(tok, time_embeddings=False).recency is None
     shared = _reader(tok, shared=True)
     assert shared.encoder is None

@@ -3,7 +3,7 @@
 Perceiver-style (Jaegle et al., 2021): K learned latent queries cross-attend over features of
 the context, then attend to each other; a projection maps them into the reasoner's embedding
 space (as Flamingo's and BLIP-2's bridges do, Alayrac et al., 2022; Li et al., 2023). The
-features are the hidden states of several layers of an encoder (the policy architecture,
+features are the token embeddings and the hidden states of every layer of an encoder (the policy architecture,
 ``learner.policy.build_policy``) mixed by one linear map, plus a turn-recency embedding (how
 many turns before the last one a token was said), so that "the latest setting wins" can be
 read off. The reasoner is the policy architecture too; it sees ``[latents; question]`` through
@@ -36,7 +36,8 @@ class LatentConfig:
     k: int = 16
     """Latent vectors handed to the reasoner (the budget)."""
     features: str = "multi"
-    """``multi``: every encoder layer's hidden states, mixed; ``last``: the last layer's only."""
+    """``multi``: the token embeddings and every encoder layer's hidden states, mixed;
+    ``last``: the last layer's only."""
     time_embeddings: bool = True
     """Add a learned turn-recency embedding to the features."""
     projection: bool = True
@@ -88,7 +89,7 @@ class LatentReader(nn.Module):
         self.reasoner = build_policy(policy, tokenizer, seed=seed)
         self.encoder = None if cfg.shared else build_policy(policy, tokenizer, seed=seed + 1).model
         torch.manual_seed(seed + 2)
-        layers = policy.num_layers if cfg.features == "multi" else 1
+        layers = policy.num_layers + 1 if cfg.features == "multi" else 1
         self.mix = nn.Linear(layers * d, d)  # (B, T, L*d) -> (B, T, d)
         self.recency = nn.Embedding(cfg.max_turns, d) if cfg.time_embeddings else None
         self.queries = nn.Parameter(torch.randn(cfg.k, d) * 0.02)  # (K, d)
@@ -101,7 +102,7 @@ class LatentReader(nn.Module):
         """(B, T, d) features of the context tokens ``ctx["ids"]`` (B, T)."""
         encoder = self.encoder if self.encoder is not None else self.reasoner.model
         out = encoder(input_ids=ctx["ids"], attention_mask=ctx["mask"], output_hidden_states=True)
-        states = out.hidden_states[1:]  # one (B, T, d) per layer
+        states = out.hidden_states  # (B, T, d) each: the embeddings, then every layer's output
         f = self.mix(torch.cat(states, -1) if self.cfg.features == "multi" else states[-1])
         if self.recency is not None:
             f = f + self.recency(ctx["recency"].clamp(max=self.cfg.max_turns - 1))
