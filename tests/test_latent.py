@@ -149,6 +149,10 @@ def test_pointer_scores_cover_the_turns_and_ablations_change_the_parts(tok, rows
     assert _reader(tok, features="last").mix.in_features == TCFG.width
     assert model.mix.in_features == (TCFG.layers + 1) * TCFG.width  # the embeddings and every layer
     assert _reader(tok, time_embeddings=False).recency is None
+    asks = _reader(tok, question=True)
+    other = dict(ctx, question=(ctx["question"] + 5) % len(tok))
+    assert not torch.allclose(asks.latents(ctx)[0], asks.latents(other)[0])  # the variant reads the question
+    assert torch.allclose(model.latents(ctx)[0], model.latents(other)[0])  # the design does not
     shared = _reader(tok, shared=True)
     assert shared.encoder is None
     before = shared.features(ctx)
@@ -242,4 +246,4 @@ def test_quick_study_subprocess_reports_every_cell_and_resumes(tmp_path, data):
 
 
 def test_every_arm_is_known():
-    assert set(ARMS) == {"latent", "shared", "no_time", "single_layer", "no_projection", "no_aux"}
+    assert set(ARMS) == {"latent", "shared", "no_time", "single_layer", "no_projection", "no_aux", "query"}

@@ -44,6 +44,9 @@ class LatentConfig:
     """Map latents into the reasoner's space with LayerNorm-Linear-GELU-Linear (else identity)."""
     shared: bool = False
     """The control: the encoder is the reasoner (same weights)."""
+    question: bool = False
+    """A variant, not the design: the latent queries are shifted by the question (its mean token
+    embedding, mapped), so the compressor knows what will be asked, as BM25 does."""
     aux_weight: float = 0.5
     """Weight of the relevant-turn pointer loss (0 = answer loss only)."""
     heads: int = 4
@@ -97,6 +100,7 @@ class LatentReader(nn.Module):
         self.project = (nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
                         if cfg.projection else nn.Identity())
         self.pointer = nn.Linear(d, d, bias=False)
+        self.ask = nn.Linear(d, d) if cfg.question else None
 
     def features(self, ctx: dict) -> torch.Tensor:
         """(B, T, d) features of the context tokens ``ctx["ids"]`` (B, T)."""
@@ -114,6 +118,8 @@ class LatentReader(nn.Module):
         f = self.features(ctx)  # (B, T, d)
         pad = ctx["mask"] == 0  # (B, T)
         z = self.queries.expand(f.shape[0], -1, -1)  # (B, K, d)
+        if self.ask is not None:
+            z = z + self.ask(self.question_embedding(ctx)).unsqueeze(1)
         z, attn = self.cross(z, f, pad, need_weights=True)  # attn (B, K, T), heads averaged
         z, _ = self.self_attn(z)
         z = self.project(z)
@@ -125,11 +131,15 @@ class LatentReader(nn.Module):
         turn = ctx["turn"]  # (B, T), -1 on padding
         onehot = F.one_hot(turn.clamp(min=0), int(turn.max()) + 1).float() * (turn >= 0).unsqueeze(-1)  # (B, T, N)
         per_latent = torch.einsum("bkt,btn->bkn", attn, onehot)  # (B, K, N), rows sum to 1
-        q_mask = ctx["question_mask"].unsqueeze(-1).float()  # (B, Q, 1)
-        q = (self.reasoner.get_input_embeddings()(ctx["question"]) * q_mask).sum(1) / q_mask.sum(1)  # (B, d)
+        q = self.question_embedding(ctx)  # (B, d)
         weight = torch.softmax(torch.einsum("bkd,bd->bk", z, self.pointer(q)) / z.shape[-1] ** 0.5, -1)  # (B, K)
         p = torch.einsum("bk,bkn->bn", weight, per_latent)  # (B, N)
         return torch.log(p.clamp_min(1e-12)).masked_fill(onehot.sum(1) == 0, float("-inf"))
+
+    def question_embedding(self, ctx: dict) -> torch.Tensor:
+        """(B, d) mean of the reasoner's token embeddings of the question."""
+        mask = ctx["question_mask"].unsqueeze(-1).float()  # (B, Q, 1)
+        return (self.reasoner.get_input_embeddings()(ctx["question"]) * mask).sum(1) / mask.sum(1)
 
     def forward(self, prefix: torch.Tensor, text: dict) -> torch.Tensor:
         """Reasoner logits (B, K + S, V) for ``prefix`` (B, K, d) vectors then ``text`` ids."""

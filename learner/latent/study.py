@@ -4,8 +4,8 @@ One warm start (trained with the first seed) is shared by every arm and seed: th
 the arms' own initialization (compressor, queries) and batch order, not the warm reasoner.
 Per seed: the baselines' reasoner, trained once and read through every
 view at every K (``full`` once), then the latent reader at every K; after every seed has
-those, per seed the same-model control and the four ablations at ``ablation_k`` (a stopped
-study holds the main comparison first). A cell is one (arm, view, K, seed) on the test split. A rerun skips the cells in OUT/cells.jsonl and
+those, per seed the same-model control, the question-aware variant and the four ablations at
+``ablation_k`` (a stopped study holds the main comparison first). A cell is one (arm, view, K, seed) on the test split. A rerun skips the cells in OUT/cells.jsonl and
 continues a stopped training from its run folder, so a stopped study resumes where it was.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from learner.latent.train import ARMS, BASELINE, WARM, TrainConfig, load_reader, quick, train
 from learner.latent.views import VIEWS
 
-ABLATIONS = ("shared", "no_time", "single_layer", "no_projection", "no_aux")
+ABLATIONS = ("shared", "query", "no_time", "single_layer", "no_projection", "no_aux")
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ WARM = "warm"
 BASELINE = "views"
 ARMS: dict[str, dict] = {"latent": {}, "shared": {"shared": True}, "no_time": {"time_embeddings": False},
                          "single_layer": {"features": "last"}, "no_projection": {"projection": False},
-                         "no_aux": {"aux_weight": 0.0}}
+                         "no_aux": {"aux_weight": 0.0}, "query": {"question": True}}
 """Latent arms as changes to :class:`LatentConfig`: the full model, the same-model control and
-the four ablations. ``views`` (:data:`BASELINE`) is the baselines' reasoner; ``warm``
+the four ablations; ``query`` is the variant whose compressor sees the question. ``views`` (:data:`BASELINE`) is the baselines' reasoner; ``warm``
 (:data:`WARM`) the reasoner every other arm starts from."""
 
 
