@@ -8,7 +8,7 @@ from pathlib import Path
 
 from learner.latent.data import FAMILIES
 
-STYLE = {"latent": ("C3", "o", "-"), "shared": ("C1", "s", "-"), "bm25": ("C0", "^", "--"),
+STYLE = {"latent": ("C3", "o", "-"), "shared": ("C1", "s", "-"), "query": ("C5", "P", "-"), "bm25": ("C0", "^", "--"),
          "last": ("C2", "v", "--"), "first": ("C7", "<", "--"), "mean": ("C4", "D", "--")}
 
 
