@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import random
@@ -263,8 +264,10 @@ def run_cell(cell: tuple, out: Path, task: Task, s: StudySettings, tok, cfg) -> 
             "settings": asdict(s)}
 
 
-def run(data: Path, out: Path, s: StudySettings) -> list[dict]:
-    """Every cell not yet in OUT/cells.jsonl, appended as it finishes; returns all cells."""
+def run(data: Path, out: Path, s: StudySettings, only: set[str] | None = None) -> list[dict]:
+    """Every cell not yet in OUT/cells.jsonl (of the tasks in ``only``, all if None), appended as
+    it finishes; returns all cells. One process per task may share OUT: each trains its own
+    reference tables, and appends are locked."""
     from transformers import AutoTokenizer
 
     from learner.presets import PRESETS
@@ -274,7 +277,7 @@ def run(data: Path, out: Path, s: StudySettings) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cells.jsonl"
     done = load_cells(path, s)
-    todo = [c for c in cells(s) if key(c) not in done]
+    todo = [c for c in cells(s) if key(c) not in done and (only is None or c[0] in only)]
     print(f"[encoding] {len(done)} cells done, {len(todo)} to run -> {path}", file=sys.stderr, flush=True)
     if todo:
         tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
@@ -286,10 +289,12 @@ def run(data: Path, out: Path, s: StudySettings) -> list[dict]:
         for n, cell in enumerate(todo, 1):
             result = run_cell(cell, out, tasks[cell[0]], s, tok, cfg)
             with open(path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
                 fh.write(json.dumps(result) + "\n")
             print(f"[encoding] cell {n}/{len(todo)} {key(cell)}: {json.dumps(result['metrics'])} "
                   f"cpu {result['cpu_s']} s", file=sys.stderr, flush=True)
             done[key(cell)] = result
+    done |= load_cells(path, s)  # and what another process running the other task appended
     return [done[key(c)] for c in cells(s) if key(c) in done]
 
 
@@ -298,10 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/default"))
     p.add_argument("--out", type=Path, default=Path("runs/encoding_study"))
     p.add_argument("--quick", action="store_true", help="tiny preset, 2 ratios, 1 seed, a few steps (tests)")
+    p.add_argument("--task", choices=TASKS, action="append",
+                   help="run only this task's cells (repeatable; default: both); two processes, one "
+                        "per task, may share --out")
     p.add_argument("--report-only", action="store_true", help="rebuild the summary, table and figures only")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
-    results = list(load_cells(args.out / "cells.jsonl", s).values()) if args.report_only else run(args.data, args.out, s)
+    if args.report_only:
+        results = list(load_cells(args.out / "cells.jsonl", s).values())
+    else:
+        results = run(args.data, args.out, s, set(args.task) if args.task else None)
     summary = write_report(results, asdict(s), args.out)
     print(json.dumps({"out": str(args.out), "cells": len(results), "complete": summary["complete"]}))
     return 0
