@@ -24,6 +24,17 @@ from hypothesis import strategies as st
 
 from validator_actors.codebook import load_codebook
 
+def pytest_configure(config):
+    """Before make test's two workers start: a fresh machine has no ``~/.ray/auth_token`` yet, and
+    two ``ray.init()`` at once would each write one (the second overwriting the first's token)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path, generate_and_save_token
+
+    if not _get_default_token_path().exists():
+        generate_and_save_token()
+
+
 settings.register_profile(
     "tinycompress",
     max_examples=60,
@@ -204,6 +215,12 @@ def ray_local():
     # own (for the HAProxy front, tests/test_http_load.py), user code on the replica's own loop
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    # make test runs two pytest workers, each with a Ray of its own: their replicas' ports apart
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(30000 + 200 * worker)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(30199 + 200 * worker)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] = str(40000 + 200 * worker)
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] = str(40199 + 200 * worker)
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False)
     yield
@@ -223,3 +240,15 @@ def tiny_grpo(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(str(root / "data" / "tokenizer"))
     save_policy(build_policy(PRESETS["tiny"], tok), tok, PRESETS["tiny"], root / "init", {"stage": "init"})
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matrices: one torch thread is as fast and does not spin against other work. A module
+    uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ import pytest
 from serve.front import Front, FrontConfig, binary, render
 from serve.web import Guards
 
+pytestmark = pytest.mark.serial  # its bounds are wall times: run alone (make test)
 HOLD_S = 1.0  # how long the stand-in replica takes per /compress
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from test_serve import start_app
 
+pytestmark = pytest.mark.serial  # its bounds are wall times: run alone (make test)
 LIMITS = {"compressor_queue": 16, "max_client_requests": 200, "body_timeout_s": 5.0}
 BURST = 200
 STALLED_FROM = "127.0.0.2"  # another loopback address: another client to the per-client cap

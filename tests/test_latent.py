@@ -28,12 +28,7 @@ QUICK_DATA = DataConfig(train=96, val=24, test=24, max_turns=24, vocab_size=512,
 TCFG = quick(TrainConfig())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,7 @@ def test_never_raises_on_non_strings(value):
     ],
     ids=["repeated-terms", "one-letter", "spaces", "surrogates", "random-ir-chars"],
 )
+@pytest.mark.serial
 def test_megabyte_inputs_fail_fast(text):
     start = time.perf_counter()
     report = V.validate(text)
@@ -152,6 +153,7 @@ def _longest(pattern, sep: str) -> str:
     ],
     ids=["and-of-stars", "or-of-star-clauses", "or-of-pairs", "or-of-aliases"],
 )
+@pytest.mark.serial
 def test_costliest_programs_under_the_limit_validate_quickly(program):
     start = time.perf_counter()
     report = Validator(CB).validate(program)  # a fresh validator: no cache hit
