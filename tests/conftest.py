@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from validator_actors.codebook import load_codebook
 
+
 def pytest_configure(config):
     """Before make test's two workers start: a fresh machine has no ``~/.ray/auth_token`` yet, and
     two ``ray.init()`` at once would each write one (the second overwriting the first's token)."""
