@@ -293,8 +293,7 @@ def run(data: Path, out: Path, s: StudySettings, only: set[str] | None = None) -
                 fh.write(json.dumps(result) + "\n")
             print(f"[encoding] cell {n}/{len(todo)} {key(cell)}: {json.dumps(result['metrics'])} "
                   f"cpu {result['cpu_s']} s", file=sys.stderr, flush=True)
-            done[key(cell)] = result
-    done |= load_cells(path, s)  # and what another process running the other task appended
+    done |= load_cells(path, s)  # the cells just run, and any the other task's process appended
     return [done[key(c)] for c in cells(s) if key(c) in done]
 
 
